@@ -1,0 +1,47 @@
+"""msgpack encoding of bus messages, strict on the way in.
+
+Everything a sidecar receives comes from the network, so decoding refuses
+oversized payloads, non-map documents, non-string keys and msgpack extension
+types before any field is looked at.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+MAX_COMMAND_BYTES = 64 * 1024
+
+
+class DecodeError(ValueError):
+    """The payload is not a well-formed chaosbus message."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def decode(payload: bytes, *, limit: int = MAX_COMMAND_BYTES) -> dict[str, Any]:
+    if len(payload) > limit:
+        raise DecodeError(f"payload of {len(payload)} bytes exceeds the limit of {limit} bytes")
+    if not payload:
+        raise DecodeError("empty payload")
+    try:
+        value = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            ext_hook=_refuse_ext,
+        )
+    except DecodeError:
+        raise
+    except Exception as exc:  # msgpack raises a zoo of types for garbage
+        raise DecodeError(f"payload is not valid msgpack: {exc}") from None
+    if not isinstance(value, dict):
+        raise DecodeError(f"payload must be a msgpack map, got {type(value).__name__}")
+    return value
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise DecodeError(f"msgpack extension type {code} is not allowed")

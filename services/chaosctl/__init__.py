@@ -1,0 +1,1 @@
+"""chaosctl: the operator's command line for chaosbus."""

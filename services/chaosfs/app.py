@@ -1,0 +1,101 @@
+"""Running chaosfs: mount, announce, serve until told to stop, clean up."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sys
+
+import pyfuse3
+import trio
+from chaosbus import __version__
+from chaosbus.logs import configure
+
+from .cli import Config
+from .control import BusControl
+from .faults import FaultEngine
+from .inodes import InodeTable
+from .mounting import (
+    StartError,
+    prepare_mountpoint,
+    remove_pidfile,
+    wait_until_mounted,
+    write_pidfile,
+)
+from .passthrough import ChaosOperations
+
+
+def _raise_fd_limit() -> None:
+    # One O_PATH descriptor per inode the kernel remembers: allow as many as we may.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run(config: Config) -> int:
+    log = configure("chaosfs", config.log_level).bind(
+        pod=config.pod_ref, mountpoint=config.mountpoint
+    )
+    if config.ignored_addr:
+        log.warning("flag_ignored", flag="-addr", value=config.ignored_addr,
+                    reason="chaosfs is steered over NATS, not gRPC")  # fmt: skip
+    # The kernel already applied the caller's umask to every mode it passes us.
+    os.umask(0)
+    _raise_fd_limit()
+    try:
+        prepare_mountpoint(config.mountpoint, config.pidfile, log)
+        root_fd = os.open(config.original, os.O_PATH | os.O_DIRECTORY)
+    except (StartError, OSError) as exc:
+        log.error("start_failed", error=str(exc))
+        print(f"chaosfs: {exc}", file=sys.stderr)
+        return 1
+
+    table = InodeTable(root_fd)
+    engine = FaultEngine(table)
+    ops = ChaosOperations(table, engine, config.cache_timeout)
+    options = set(pyfuse3.default_options)
+    options |= {"fsname=chaosfs", "subtype=chaosfs", "allow_other", "default_permissions"}
+    try:
+        pyfuse3.init(ops, config.mountpoint, options)
+    except RuntimeError as exc:
+        log.error("mount_failed", error=str(exc))
+        print(f"chaosfs: cannot mount {config.mountpoint}: {exc}", file=sys.stderr)
+        return 1
+    log.info("mounted", original=config.original, version=__version__)
+    try:
+        trio.run(_serve, config, ops, engine, log)
+    finally:
+        pyfuse3.close(unmount=True)
+        if config.pidfile:
+            remove_pidfile(config.pidfile)
+        table.close_all()
+    log.info("stopped")
+    return 0
+
+
+async def _serve(config: Config, ops: ChaosOperations, engine: FaultEngine, log) -> None:
+    bus: BusControl | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def fuse_loop() -> None:
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()  # unmounted from outside: stop too
+
+        nursery.start_soon(fuse_loop)
+        await trio.to_thread.run_sync(wait_until_mounted, config.mountpoint)
+        if config.pidfile:
+            write_pidfile(config.pidfile)
+        log.info("ready", pidfile=config.pidfile)
+        bus = BusControl(config, engine, ops, trio.lowlevel.current_trio_token(), log)
+        bus.start()
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal", signal=signal.Signals(signum).name)
+                break
+        # Announce "gone" while the mount still answers, then end the FUSE loop.
+        await trio.to_thread.run_sync(bus.stop)
+        bus = None
+        pyfuse3.terminate()
+    if bus is not None:
+        await trio.to_thread.run_sync(bus.stop)

@@ -1,0 +1,113 @@
+"""The ``chaosfs`` command: the seed's flags, plus the bus."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from chaosbus import __version__
+from chaosbus.bus import default_url
+from chaosbus.durations import parse_duration
+from chaosbus.goflags import Flag, FlagError, parse_flags, usage
+from chaosbus.subjects import parse_pod
+
+FLAGS = (
+    Flag("original", "directory whose contents the mount shows (the app's real data)",
+         metavar="DIR"),
+    Flag("mountpoint", "where to mount; the app's data directory", metavar="DIR"),
+    Flag("pidfile", "file to write this process's pid to once the mount answers",
+         metavar="FILE"),
+    Flag("nats", "NATS server URL(s), comma separated (default $NATS_URL, then "
+         "nats://127.0.0.1:4222)", metavar="URL"),
+    Flag("pod", "NAMESPACE/NAME this sidecar serves (default $POD_NAMESPACE/$POD_NAME)",
+         metavar="NS/NAME"),
+    Flag("addr", "ignored: the seed's gRPC address; chaosfs listens on NATS instead",
+         metavar="ADDR"),
+    Flag("cache-timeout", "how long the kernel may cache names and attributes",
+         default=5.0, parse=parse_duration, metavar="DURATION"),
+    Flag("heartbeat", "interval between heartbeats on the bus", default=5.0,
+         parse=parse_duration, metavar="DURATION"),
+    Flag("log-level", "debug, info, warning or error", default="info", metavar="LEVEL"),
+    Flag("version", "print the version and exit", default=False, boolean=True),
+    Flag("help", "show this help", default=False, boolean=True),
+    Flag("h", "show this help", default=False, boolean=True),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Config:
+    original: str
+    mountpoint: str
+    pidfile: str | None
+    nats_url: str
+    namespace: str
+    pod: str
+    cache_timeout: float
+    heartbeat: float
+    log_level: str
+    ignored_addr: str | None
+
+    @property
+    def pod_ref(self) -> str:
+        return f"{self.namespace}/{self.pod}"
+
+
+def parse_config(argv: Sequence[str], env: dict[str, str]) -> Config:
+    values = parse_flags(FLAGS, argv)
+    for required in ("original", "mountpoint"):
+        if not values[required]:
+            raise FlagError(f"missing required flag -{required}")
+    original = os.path.abspath(values["original"])
+    mountpoint = os.path.abspath(values["mountpoint"])
+    if not os.path.isdir(original):
+        raise FlagError(f"-original {original} is not a directory")
+    if original == mountpoint:
+        raise FlagError("-original and -mountpoint must differ")
+    if values["pod"]:
+        namespace, pod = parse_pod(values["pod"]) if "/" in values["pod"] else ("", "")
+        if not pod:
+            raise FlagError(f"-pod must be NAMESPACE/NAME, got {values['pod']!r}")
+    else:
+        namespace, pod = env.get("POD_NAMESPACE", ""), env.get("POD_NAME", "")
+        if not namespace or not pod:
+            raise FlagError("no pod identity: pass -pod NAMESPACE/NAME or set POD_NAMESPACE "
+                            "and POD_NAME")  # fmt: skip
+    if values["heartbeat"] <= 0:
+        raise FlagError("-heartbeat must be above zero")
+    return Config(
+        original=original,
+        mountpoint=mountpoint,
+        pidfile=os.path.abspath(values["pidfile"]) if values["pidfile"] else None,
+        nats_url=values["nats"] or env.get("NATS_URL") or default_url(),
+        namespace=namespace,
+        pod=pod,
+        cache_timeout=values["cache-timeout"],
+        heartbeat=values["heartbeat"],
+        log_level=values["log-level"],
+        ignored_addr=values["addr"],
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        values = parse_flags(FLAGS, argv)
+        if values["help"] or values["h"]:
+            print(usage("chaosfs", FLAGS))
+            return 0
+        if values["version"]:
+            print(f"chaosfs {__version__}")
+            return 0
+        config = parse_config(argv, dict(os.environ))
+    except (FlagError, ValueError) as exc:
+        print(f"chaosfs: {exc}", file=sys.stderr)
+        return 2
+    from .app import run  # heavy imports only once the flags are good
+
+    return run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

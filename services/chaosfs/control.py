@@ -1,0 +1,285 @@
+"""The control plane: a NATS client on its own thread and asyncio loop.
+
+FUSE requests are served by trio on the main thread. Everything network-bound
+lives here instead, so a slow, blocked or dead NATS server can never hold a file
+operation: the only things that cross over are an immutable rule set (swapped
+in one assignment) and, after a rule change, a short trio call that lists the
+inodes whose kernel caches must be dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import threading
+import time
+from typing import Any
+
+import pyfuse3
+import structlog
+import trio
+from chaosbus import __version__, codec, protocol
+from chaosbus.bus import connect
+from chaosbus.rules import METHODS, FaultRule, RuleError
+from chaosbus.subjects import FLEET_COMMAND, pod_command, pod_event
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from .cli import Config
+from .faults import FaultEngine
+from .passthrough import ChaosOperations
+
+# Test hook: hold every command handler this many seconds, blocking the bus loop,
+# to prove that file I/O does not notice.
+HANDLER_DELAY_ENV = "CHAOSFS_TEST_HANDLER_DELAY"
+
+
+class BusControl:
+    def __init__(
+        self,
+        config: Config,
+        engine: FaultEngine,
+        ops: ChaosOperations,
+        trio_token: trio.lowlevel.TrioToken,
+        log: structlog.stdlib.BoundLogger,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.ops = ops
+        self.trio_token = trio_token
+        self.log = log
+        self.labels = labels or {}
+        self.started = time.time()
+        self.handler_delay = float(os.environ.get(HANDLER_DELAY_ENV, "0") or 0)
+        self._loop = asyncio.new_event_loop()
+        self._stopping = asyncio.Event()
+        self._nc: Client | None = None
+        self._last_error = ""
+        self._last_error_at = 0.0
+        self._thread = threading.Thread(target=self._run, name="chaosfs-bus", daemon=True)
+
+    # --- thread lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stopping.set)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        except Exception:
+            self.log.exception("bus_thread_crashed")
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        nc = await self._connect()
+        if nc is None:
+            return
+        self._nc = nc
+        pod_subject = pod_command(self.config.namespace, self.config.pod)
+        await nc.subscribe(pod_subject, cb=functools.partial(self._on_command, fleet=False))
+        # A plain subscription, not a queue group: every sidecar must get fleet commands.
+        await nc.subscribe(FLEET_COMMAND, cb=functools.partial(self._on_command, fleet=True))
+        await nc.flush()
+        self.log.info("bus_listening", subject=pod_subject, fleet_subject=FLEET_COMMAND)
+        await self._announce("ready")
+        heartbeat = asyncio.create_task(self._heartbeat())
+        await self._stopping.wait()
+        heartbeat.cancel()
+        with contextlib.suppress(Exception):
+            await self._announce("gone")
+            await nc.flush(timeout=1)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 2)
+
+    async def _connect(self) -> Client | None:
+        """Connect, for as long as it takes; file I/O never waits on this.
+
+        nats-py retries a first connection by itself when reconnecting is allowed,
+        so the attempt is raced against shutdown rather than looped here.
+        """
+        attempt = asyncio.create_task(
+            connect(
+                self.config.nats_url,
+                name=f"chaosfs {self.config.pod_ref}",
+                on_reconnect=self._on_reconnect,
+                on_disconnect=self._on_disconnect,
+                on_error=self._on_error,
+            )
+        )
+        stopping = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait({attempt, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not attempt.done():
+            attempt.cancel()
+            with contextlib.suppress(BaseException):
+                await attempt
+            return None
+        try:
+            return attempt.result()
+        except Exception as exc:
+            self.log.error("bus_connect_failed", url=self.config.nats_url, error=str(exc))
+            return None
+
+    async def _on_reconnect(self) -> None:
+        # Core NATS is at-most-once: announce again so the fleet knows we are back.
+        self.log.info("bus_reconnected")
+        await self._announce("ready")
+
+    async def _on_disconnect(self) -> None:
+        self.log.warning("bus_disconnected")
+
+    async def _on_error(self, exc: Exception) -> None:
+        # While the server is away nats-py reports every retry; log each new error once.
+        text = str(exc)
+        now = time.monotonic()
+        if text != self._last_error or now - self._last_error_at > 30:
+            self.log.warning("bus_error", error=text)
+            self._last_error, self._last_error_at = text, now
+
+    # --- events ------------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        """Who this sidecar is; the ``pod`` key itself is added by every message."""
+        return {
+            "namespace": self.config.namespace,
+            "name": self.config.pod,
+            "mountpoint": self.config.mountpoint,
+            "original": self.config.original,
+            "pidfile": self.config.pidfile,
+            "pid": os.getpid(),
+            "version": __version__,
+            "labels": self.labels,
+        }
+
+    async def _announce(self, kind: str) -> None:
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return
+        rules = self.engine.rules.rules
+        event = {
+            "kind": kind,
+            "pod": self.config.pod_ref,
+            "time": time.time(),
+            **self._identity(),
+            "uptime": time.time() - self.started,
+            "rules": len(rules),
+            "fired": sum(s.fired for s in list(self.engine.stats.values())),
+        }
+        try:
+            await nc.publish(pod_event(kind, self.config.namespace, self.config.pod),
+                             codec.encode(event))  # fmt: skip
+        except Exception as exc:
+            self.log.warning("event_publish_failed", kind=kind, error=str(exc))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat)
+            await self._announce("heartbeat")
+
+    # --- commands ------------------------------------------------------------------
+
+    async def _on_command(self, msg: Msg, *, fleet: bool) -> None:
+        if self.handler_delay:
+            time.sleep(self.handler_delay)  # deliberately blocks this loop (test hook)
+        pod = self.config.pod_ref
+        log = self.log.bind(subject=msg.subject)
+        try:
+            command = codec.decode(msg.data)
+            op = command.get("op")
+            if op not in protocol.OPS:
+                raise protocol.CommandError(
+                    f"unknown op {op!r}; expected one of {', '.join(protocol.OPS)}"
+                )
+            if fleet:
+                target = protocol.Target(command.get("target"))
+                if not target.matches(self.config.namespace, self.config.pod, self.labels):
+                    return  # not for us: stay silent, as a non-subscriber would
+            reply = await self._dispatch(op, command, log)
+        except (codec.DecodeError, protocol.CommandError, RuleError) as exc:
+            log.warning("command_rejected", reason=str(exc), bytes=len(msg.data))
+            reply = protocol.error(pod, str(exc))
+        except Exception as exc:
+            log.exception("command_failed")
+            reply = protocol.error(pod, f"internal error: {exc}")
+        if msg.reply:
+            try:
+                await msg.respond(codec.encode(reply))
+            except Exception as exc:
+                log.warning("reply_failed", error=str(exc))
+
+    async def _dispatch(self, op: str, command: dict[str, Any], log: Any) -> dict[str, Any]:
+        pod = self.config.pod_ref
+        engine = self.engine
+        if op == "set":
+            rules = protocol.parse_rules(command)
+            changed = engine.set_rules(rules)
+            await self._drop_caches(changed)
+            log.info("rules_set", rules=[r.id for r in rules], actor=command.get("actor"))
+            return protocol.ok(pod, rules=[r.to_wire() for r in rules])
+        if op == "recover":
+            how, value = protocol.parse_recover(command)
+            if how == "all":
+                gone = engine.recover_all()
+            elif how == "id":
+                gone = engine.recover_id(value or "")
+                if not gone:
+                    raise protocol.CommandError(f"no rule with id {value!r}")
+            else:
+                gone = engine.recover_method(value or "")
+            await self._drop_caches(gone)
+            log.info("rules_recovered", how=how, value=value, rules=[r.id for r in gone])
+            return protocol.ok(pod, recovered=[r.id for r in gone])
+        if op == "methods":
+            return protocol.ok(pod, methods=list(METHODS))
+        if op == "injected":
+            return protocol.ok(pod, injected=bool(engine.rules.rules))
+        if op == "status":
+            return protocol.ok(
+                pod,
+                **self._identity(),
+                uptime=time.time() - self.started,
+                injected=bool(engine.rules.rules),
+                rules=engine.describe(),
+            )
+        return protocol.ok(pod, **self._identity())  # ping
+
+    async def _drop_caches(self, rules: list[FaultRule]) -> None:
+        """Make a rule change visible to the very next operation, cached or not."""
+        if not rules:
+            return
+        regexes = [r.path_regex for r in rules]
+        lookups = any(r.applies_to("lookup") for r in rules)
+        loop = asyncio.get_running_loop()
+        try:
+            targets = await loop.run_in_executor(
+                None,
+                functools.partial(
+                    trio.from_thread.run_sync,
+                    self.ops.inodes_matching,
+                    regexes,
+                    lookups,
+                    trio_token=self.trio_token,
+                ),
+            )
+        except trio.RunFinishedError:
+            return
+        await loop.run_in_executor(None, _invalidate, targets)
+
+
+def _invalidate(targets: list[tuple[int, int, bytes]]) -> None:
+    for node_id, parent_id, name in targets:
+        with contextlib.suppress(OSError):
+            pyfuse3.invalidate_inode(node_id)
+        if parent_id:
+            with contextlib.suppress(OSError):
+                pyfuse3.invalidate_entry(parent_id, name)

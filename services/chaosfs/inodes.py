@@ -1,0 +1,129 @@
+"""The inode table: FUSE node ids to O_PATH handles on the backing tree.
+
+Each inode the kernel knows is held open as an O_PATH descriptor, and every
+operation works relative to those descriptors (``*at`` calls), never by gluing
+the original directory's path to a name. That keeps names of NAME_MAX bytes and
+paths near PATH_MAX working exactly as on the backing file system, and keeps
+hard links on one node, so link counts are right.
+
+Node ids are the backing inode numbers, so ``stat`` shows the real ones; the
+root is always 1, and the rare number that would collide (another device below
+the mount, or an inode numbered 1) gets a synthetic id instead.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pyfuse3
+
+ROOT = pyfuse3.ROOT_INODE
+_SYNTHETIC_BASE = 1 << 62
+
+
+class Inode:
+    __slots__ = ("fd", "id", "is_dir", "is_symlink", "key", "lookups", "match", "name", "parent")
+
+    def __init__(self, node_id: int, fd: int, key: tuple[int, int], mode: int) -> None:
+        self.id = node_id
+        self.fd = fd
+        self.key = key
+        self.lookups = 0
+        self.parent: Inode | None = None
+        self.name = b""
+        self.is_dir = stat.S_ISDIR(mode)
+        self.is_symlink = stat.S_ISLNK(mode)
+        # (rules version, topology generation, {method: rules}) for the fault engine.
+        self.match: tuple[int, int, dict[str, tuple]] | None = None
+
+    @property
+    def proc(self) -> str:
+        """A path that reopens this very inode, whatever its name is now."""
+        return f"/proc/self/fd/{self.fd}"
+
+
+class InodeTable:
+    def __init__(self, root_fd: int) -> None:
+        st = os.stat(root_fd)
+        self.root_dev = st.st_dev
+        root = Inode(ROOT, root_fd, (st.st_dev, st.st_ino), st.st_mode)
+        root.lookups = 1  # the kernel never forgets the root
+        self.by_id: dict[int, Inode] = {ROOT: root}
+        self.by_key: dict[tuple[int, int], Inode] = {root.key: root}
+        self.root = root
+        # Bumped whenever a name moves, so cached path matches are recomputed.
+        self.generation = 0
+        self._next_synthetic = _SYNTHETIC_BASE
+
+    def __getitem__(self, node_id: int) -> Inode:
+        return self.by_id[node_id]
+
+    def _node_id(self, st: os.stat_result) -> int:
+        ino = st.st_ino
+        if st.st_dev == self.root_dev and 1 < ino < _SYNTHETIC_BASE and ino not in self.by_id:
+            return ino
+        self._next_synthetic += 1
+        return self._next_synthetic
+
+    def attach(
+        self, parent: Inode, name: bytes, st: os.stat_result, fd: int | None = None
+    ) -> Inode:
+        """The inode for ``parent/name`` (just stat'ed as ``st``), opened if new.
+
+        Does not count a lookup: callers add one once the kernel has the reply.
+        """
+        key = (st.st_dev, st.st_ino)
+        inode = self.by_key.get(key)
+        if inode is None:
+            if fd is None:
+                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=parent.fd)
+            inode = Inode(self._node_id(st), fd, key, st.st_mode)
+            self.by_id[inode.id] = inode
+            self.by_key[key] = inode
+        elif fd is not None:
+            os.close(fd)
+        if inode.parent is not parent or inode.name != name:
+            inode.parent = parent
+            inode.name = name
+            inode.match = None
+        return inode
+
+    def drop_if_unused(self, inode: Inode) -> None:
+        if inode.lookups <= 0 and inode.id != ROOT:
+            self.by_id.pop(inode.id, None)
+            if self.by_key.get(inode.key) is inode:
+                del self.by_key[inode.key]
+            os.close(inode.fd)
+
+    def forget(self, node_id: int, count: int) -> None:
+        inode = self.by_id.get(node_id)
+        if inode is not None:
+            inode.lookups -= count
+            self.drop_if_unused(inode)
+
+    def moved(self, inode: Inode, parent: Inode, name: bytes) -> None:
+        inode.parent = parent
+        inode.name = name
+        self.generation += 1
+
+    def path(self, inode: Inode) -> str:
+        """The path relative to the mount root by which the inode was last reached."""
+        parts: list[bytes] = []
+        node: Inode | None = inode
+        while node is not None and node.id != ROOT:
+            parts.append(node.name)
+            node = node.parent
+        return os.fsdecode(b"/".join(reversed(parts)))
+
+    def child_path(self, parent: Inode, name: bytes) -> str:
+        base = self.path(parent)
+        child = os.fsdecode(name)
+        return f"{base}/{child}" if base else child
+
+    def close_all(self) -> None:
+        for inode in self.by_id.values():
+            if inode.id != ROOT:
+                os.close(inode.fd)
+        self.by_id = {ROOT: self.root}
+        self.by_key = {self.root.key: self.root}

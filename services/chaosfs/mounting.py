@@ -1,0 +1,114 @@
+"""Preparing a mountpoint and a pidfile, and recovering from a previous crash."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+
+from . import sysio
+
+FSTYPE = "fuse.chaosfs"
+
+
+class StartError(RuntimeError):
+    """chaosfs cannot start; the message says why."""
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as octal.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_fstype(path: str) -> str | None:
+    """The file-system type mounted exactly at ``path``, or None."""
+    found = None
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            if len(fields) >= 5 and _unescape(fields[4]) == path:
+                found = right.split()[0]  # the last mount on a path wins
+    return found
+
+
+def read_pid(pidfile: str) -> int | None:
+    try:
+        with open(pidfile, encoding="ascii") as f:
+            return int(f.read().strip() or "0") or None
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prepare_mountpoint(mountpoint: str, pidfile: str | None, log) -> None:
+    """Make ``mountpoint`` ready to mount on, cleaning up after a crashed chaosfs."""
+    owner = read_pid(pidfile) if pidfile else None
+    alive = owner is not None and owner != os.getpid() and pid_alive(owner)
+    if alive and mount_fstype(mountpoint) == FSTYPE:
+        raise StartError(f"{mountpoint} is already served by chaosfs pid {owner}")
+    try:
+        os.stat(mountpoint)
+    except FileNotFoundError:
+        os.makedirs(mountpoint, exist_ok=True)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise StartError(f"cannot use mountpoint {mountpoint}: {exc.strerror}") from None
+        # The FUSE daemon behind this mount died: detach the dead mount.
+        log.warning("stale_mount_detached", mountpoint=mountpoint)
+        sysio.lazy_unmount(mountpoint)
+    else:
+        if mount_fstype(mountpoint) == FSTYPE:
+            # It answers, so its daemon is alive, whatever the pidfile says.
+            raise StartError(f"{mountpoint} is already a live chaosfs mount")
+    if not os.path.isdir(mountpoint):
+        raise StartError(f"mountpoint {mountpoint} is not a directory")
+    if pidfile and owner is not None and not pid_alive(owner):
+        log.warning("stale_pidfile_removed", pidfile=pidfile, pid=owner)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pidfile)
+
+
+def wait_until_mounted(mountpoint: str, timeout: float = 10.0) -> None:
+    """Block until the mount answers a request (run it off the FUSE thread)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if mount_fstype(mountpoint) == FSTYPE:
+            os.stat(mountpoint)  # a real round trip through the file system
+            os.listdir(mountpoint)
+            return
+        time.sleep(0.01)
+    raise StartError(f"the mount at {mountpoint} did not appear within {timeout:g}s")
+
+
+def write_pidfile(pidfile: str) -> None:
+    os.makedirs(os.path.dirname(pidfile) or ".", exist_ok=True)
+    tmp = f"{pidfile}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{os.getpid()}\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, pidfile)
+
+
+def remove_pidfile(pidfile: str) -> None:
+    if read_pid(pidfile) == os.getpid():
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pidfile)

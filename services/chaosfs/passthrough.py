@@ -1,0 +1,518 @@
+"""The FUSE operations: a faithful passthrough with a fault check in front.
+
+Every handler works from O_PATH handles (see ``inodes``), runs its system calls
+directly on the trio thread (a thread hop costs more than the calls), and turns
+any ``OSError`` into the same errno for the caller. Faults are decided by the
+engine before the real operation runs; a latency fault sleeps in trio, so other
+requests keep flowing while one is held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Sequence
+
+import pyfuse3
+import trio
+from pyfuse3 import EntryAttributes, FileInfo, FUSEError, RequestContext, SetattrFields
+
+from . import sysio
+from .faults import Decision, FaultEngine
+from .inodes import Inode, InodeTable
+
+AT_FDCWD = -100
+# Flags the kernel already acted on, or that make no sense on the backing open.
+_OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_DIRECT
+
+
+class DirHandle:
+    __slots__ = ("fd", "inode", "names")
+
+    def __init__(self, fd: int, inode: Inode) -> None:
+        self.fd = fd
+        self.inode = inode
+        self.names: list[bytes] | None = None
+
+
+async def _inflict(decision: Decision) -> None:
+    if decision.delay:
+        await trio.sleep(decision.delay)
+    if decision.errno:
+        raise FUSEError(decision.errno)
+
+
+class ChaosOperations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False  # writes must reach us to be faulted
+    enable_acl = False
+
+    def __init__(self, table: InodeTable, faults: FaultEngine, cache_timeout: float) -> None:
+        super().__init__()
+        self.table = table
+        self.faults = faults
+        self.timeout = cache_timeout
+        self.files: dict[int, Inode] = {}
+        self.dirs: dict[int, DirHandle] = {}
+
+    # --- helpers --------------------------------------------------------------
+
+    def _entry(self, inode: Inode, st: os.stat_result) -> EntryAttributes:
+        entry = EntryAttributes()
+        entry.st_ino = inode.id
+        entry.generation = 0
+        entry.entry_timeout = self.timeout
+        entry.attr_timeout = self.timeout
+        entry.st_mode = st.st_mode
+        entry.st_nlink = st.st_nlink
+        entry.st_uid = st.st_uid
+        entry.st_gid = st.st_gid
+        entry.st_rdev = st.st_rdev
+        entry.st_size = st.st_size
+        entry.st_blksize = st.st_blksize
+        entry.st_blocks = st.st_blocks
+        entry.st_atime_ns = st.st_atime_ns
+        entry.st_mtime_ns = st.st_mtime_ns
+        entry.st_ctime_ns = st.st_ctime_ns
+        return entry
+
+    def _owner(self, parent: Inode, ctx: RequestContext) -> tuple[int, int]:
+        """Owner of a new entry: the caller, with the group a setgid directory imposes."""
+        gid = ctx.gid
+        parent_st = os.stat(parent.fd)
+        if parent_st.st_mode & stat.S_ISGID:
+            gid = parent_st.st_gid
+        return ctx.uid, gid
+
+    def _new_entry(self, parent: Inode, name: bytes, ctx: RequestContext) -> EntryAttributes:
+        """Give a just-created ``parent/name`` to the caller and hand it to the kernel."""
+        uid, gid = self._owner(parent, ctx)
+        os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        inode = self.table.attach(parent, name, st)
+        inode.lookups += 1
+        return self._entry(inode, st)
+
+    async def _check_path(self, method: str, parent: Inode, name: bytes) -> None:
+        decision = self.faults.for_path(method, parent, name)
+        if decision is not None:
+            await _inflict(decision)
+
+    async def _check(self, method: str, inode: Inode) -> None:
+        decision = self.faults.for_inode(method, inode)
+        if decision is not None:
+            await _inflict(decision)
+
+    def _inode(self, node_id: int) -> Inode:
+        try:
+            return self.table[node_id]
+        except KeyError:
+            raise FUSEError(errno.ESTALE) from None
+
+    # --- names ----------------------------------------------------------------
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
+        parent = self._inode(parent_inode)
+        await self._check_path("lookup", parent, name)
+        try:
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+            inode = self.table.attach(parent, name, st)
+        except FileNotFoundError:
+            # A negative entry the kernel may cache: chaosfs is the only writer,
+            # and every create through it replaces the negative dentry.
+            entry = EntryAttributes()
+            entry.st_ino = 0
+            entry.entry_timeout = self.timeout
+            return entry
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+        inode.lookups += 1
+        return self._entry(inode, st)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for node_id, count in inode_list:
+            with contextlib.suppress(OSError):
+                self.table.forget(node_id, count)
+
+    async def getattr(self, inode: int, ctx: RequestContext) -> EntryAttributes:
+        node = self._inode(inode)
+        await self._check("getattr", node)
+        try:
+            return self._entry(node, os.stat(node.fd))
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def setattr(
+        self,
+        inode: int,
+        attr: EntryAttributes,
+        fields: SetattrFields,
+        fh: int | None,
+        ctx: RequestContext,
+    ) -> EntryAttributes:
+        node = self._inode(inode)
+        if fields.update_size:
+            await self._check("truncate", node)
+        if fields.update_mode:
+            await self._check("chmod", node)
+        if fields.update_uid or fields.update_gid:
+            await self._check("chown", node)
+        if fields.update_atime or fields.update_mtime:
+            await self._check("utimens", node)
+        try:
+            if fields.update_size:
+                if fh is not None:
+                    os.ftruncate(fh, attr.st_size)
+                else:
+                    os.truncate(node.proc, attr.st_size)
+            if fields.update_uid or fields.update_gid:
+                uid = attr.st_uid if fields.update_uid else -1
+                gid = attr.st_gid if fields.update_gid else -1
+                if node.is_symlink and node.parent is not None:
+                    os.chown(node.name, uid, gid, dir_fd=node.parent.fd, follow_symlinks=False)
+                else:
+                    os.chown(node.proc, uid, gid)
+            if fields.update_mode and not node.is_symlink:
+                # After chown, which may clear setuid/setgid bits the caller asked for.
+                os.chmod(node.proc, stat.S_IMODE(attr.st_mode))
+            if fields.update_atime or fields.update_mtime:
+                atime = attr.st_atime_ns if fields.update_atime else None
+                mtime = attr.st_mtime_ns if fields.update_mtime else None
+                if node.is_symlink and node.parent is not None:
+                    sysio.utimensat(node.parent.fd, node.name, atime, mtime, follow=False)
+                else:
+                    sysio.utimensat(AT_FDCWD, node.proc.encode(), atime, mtime, follow=True)
+            return self._entry(node, os.stat(node.fd))
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def readlink(self, inode: int, ctx: RequestContext) -> bytes:
+        node = self._inode(inode)
+        await self._check("readlink", node)
+        try:
+            return os.readlink(b"", dir_fd=node.fd)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: RequestContext
+    ) -> EntryAttributes:
+        parent = self._inode(parent_inode)
+        await self._check_path("mknod", parent, name)
+        try:
+            os.mknod(name, mode, rdev, dir_fd=parent.fd)
+            return self._new_entry(parent, name, ctx)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: RequestContext
+    ) -> EntryAttributes:
+        parent = self._inode(parent_inode)
+        await self._check_path("mkdir", parent, name)
+        try:
+            os.mkdir(name, mode, dir_fd=parent.fd)
+            return self._new_entry(parent, name, ctx)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: RequestContext
+    ) -> EntryAttributes:
+        parent = self._inode(parent_inode)
+        await self._check_path("symlink", parent, name)
+        try:
+            os.symlink(target, name, dir_fd=parent.fd)
+            return self._new_entry(parent, name, ctx)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+        parent = self._inode(parent_inode)
+        await self._check_path("unlink", parent, name)
+        try:
+            os.unlink(name, dir_fd=parent.fd)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+        parent = self._inode(parent_inode)
+        await self._check_path("rmdir", parent, name)
+        try:
+            os.rmdir(name, dir_fd=parent.fd)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: RequestContext,
+    ) -> None:
+        old_parent = self._inode(parent_inode_old)
+        new_parent = self._inode(parent_inode_new)
+        await self._check_path("rename", old_parent, name_old)
+        try:
+            if flags:
+                sysio.renameat2(old_parent.fd, name_old, new_parent.fd, name_new, flags)
+            else:
+                os.rename(name_old, name_new, src_dir_fd=old_parent.fd, dst_dir_fd=new_parent.fd)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+        self._track_move(new_parent, name_new)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            self._track_move(old_parent, name_old)
+        self.table.generation += 1
+
+    def _track_move(self, parent: Inode, name: bytes) -> None:
+        try:
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        except OSError:
+            return
+        moved = self.table.by_key.get((st.st_dev, st.st_ino))
+        if moved is not None:
+            self.table.moved(moved, parent, name)
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: RequestContext
+    ) -> EntryAttributes:
+        node = self._inode(inode)
+        parent = self._inode(new_parent_inode)
+        await self._check_path("link", parent, new_name)
+        try:
+            os.link(node.proc, new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
+            st = os.stat(node.fd)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+        node.lookups += 1
+        return self._entry(node, st)
+
+    # --- files ----------------------------------------------------------------
+
+    def _file_info(self, fd: int, inode: Inode, flags: int) -> FileInfo:
+        info = FileInfo(fh=fd)
+        if flags & os.O_DIRECT or self.faults.reads_faulted(inode):
+            # Every read must reach us: for O_DIRECT callers, and while a read
+            # fault covers this file (the page cache would hide it).
+            info.direct_io = True
+        else:
+            info.keep_cache = True  # we are the only writer, so cached pages stay true
+        self.files[fd] = inode
+        return info
+
+    async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
+        node = self._inode(inode)
+        await self._check("open", node)
+        try:
+            fd = os.open(node.proc, flags & ~_OPEN_STRIP)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+        return self._file_info(fd, node, flags)
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: RequestContext
+    ) -> tuple[FileInfo, EntryAttributes]:
+        parent = self._inode(parent_inode)
+        await self._check_path("create", parent, name)
+        try:
+            fd = os.open(name, (flags & ~_OPEN_STRIP) | os.O_CREAT | os.O_EXCL, mode,
+                         dir_fd=parent.fd)  # fmt: skip
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+        try:
+            uid, gid = self._owner(parent, ctx)
+            os.fchown(fd, uid, gid)
+            if mode & (stat.S_ISUID | stat.S_ISGID):
+                os.fchmod(fd, stat.S_IMODE(mode))  # chown cleared them
+            st = os.fstat(fd)
+            node = self.table.attach(parent, name, st)
+        except OSError as exc:
+            os.close(fd)
+            raise FUSEError(exc.errno) from None
+        node.lookups += 1
+        return self._file_info(fd, node, flags), self._entry(node, st)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        decision = self.faults.for_inode("read", self.files[fh])
+        if decision is not None:
+            await _inflict(decision)
+        try:
+            return os.pread(fh, size, off)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        decision = self.faults.for_inode("write", self.files[fh])
+        if decision is not None:
+            await _inflict(decision)
+        try:
+            return os.pwrite(fh, buf, off)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def flush(self, fh: int) -> None:
+        await self._check("flush", self.files[fh])
+        try:
+            # What close() would report on the backing file (NFS-style deferred errors).
+            os.close(os.dup(fh))
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._check("fsync", self.files[fh])
+        try:
+            if datasync:
+                os.fdatasync(fh)
+            else:
+                os.fsync(fh)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def release(self, fh: int) -> None:
+        node = self.files.pop(fh)
+        try:
+            # The kernel ignores release errors; a latency fault still holds close().
+            await self._check("release", node)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fh)
+
+    # --- directories ----------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: RequestContext) -> int:
+        node = self._inode(inode)
+        await self._check("opendir", node)
+        try:
+            fd = os.open(node.proc, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+        self.dirs[fd] = DirHandle(fd, node)
+        return fd
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self.dirs[fh]
+        parent = handle.inode
+        await self._check("readdir", parent)
+        try:
+            if start_id == 0 or handle.names is None:
+                handle.names = [os.fsencode(n) for n in os.listdir(handle.fd)]
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+        names = handle.names
+        for index in range(start_id, len(names)):
+            name = names[index]
+            try:
+                st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+                node = self.table.attach(parent, name, st)
+            except OSError:
+                continue  # removed since the listing was taken
+            if not pyfuse3.readdir_reply(token, name, self._entry(node, st), index + 1):
+                self.table.drop_if_unused(node)
+                return
+            node.lookups += 1
+
+    async def releasedir(self, fh: int) -> None:
+        handle = self.dirs.pop(fh)
+        try:
+            await self._check("releasedir", handle.inode)
+        finally:
+            os.close(fh)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self._check("fsyncdir", self.dirs[fh].inode)
+        try:
+            os.fsync(fh)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    # --- file system ----------------------------------------------------------
+
+    async def statfs(self, ctx: RequestContext) -> pyfuse3.StatvfsData:
+        await self._check("statfs", self.table.root)
+        try:
+            sv = os.statvfs(self.table.root.fd)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+        data = pyfuse3.StatvfsData()
+        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                     "f_ffree", "f_favail", "f_namemax"):  # fmt: skip
+            setattr(data, name, getattr(sv, name))
+        return data
+
+    async def access(self, inode: int, mode: int, ctx: RequestContext) -> bool:
+        # With default_permissions the kernel checks access itself and rarely asks.
+        node = self._inode(inode)
+        await self._check("access", node)
+        try:
+            st = os.stat(node.fd)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+        if ctx.uid == 0:
+            return not (mode & os.X_OK) or bool(st.st_mode & 0o111) or node.is_dir
+        if st.st_uid == ctx.uid:
+            bits = (st.st_mode >> 6) & 7
+        elif st.st_gid == ctx.gid or st.st_gid in pyfuse3.get_sup_groups(ctx.pid):
+            bits = (st.st_mode >> 3) & 7
+        else:
+            bits = st.st_mode & 7
+        return mode & bits == mode
+
+    # --- extended attributes ----------------------------------------------------
+
+    def _xattr_path(self, node: Inode) -> tuple[bytes, bool]:
+        if node.is_symlink and node.parent is not None:
+            return b"/proc/self/fd/%d/%s" % (node.parent.fd, node.name), False
+        return node.proc.encode(), True
+
+    async def getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
+        node = self._inode(inode)
+        await self._check("getxattr", node)
+        path, follow = self._xattr_path(node)
+        try:
+            return os.getxattr(path, name, follow_symlinks=follow)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: RequestContext) -> None:
+        node = self._inode(inode)
+        await self._check("setxattr", node)
+        path, follow = self._xattr_path(node)
+        try:
+            os.setxattr(path, name, value, follow_symlinks=follow)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def listxattr(self, inode: int, ctx: RequestContext) -> list[bytes]:
+        node = self._inode(inode)
+        await self._check("listxattr", node)
+        path, follow = self._xattr_path(node)
+        try:
+            return [os.fsencode(n) for n in os.listxattr(path, follow_symlinks=follow)]
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def removexattr(self, inode: int, name: bytes, ctx: RequestContext) -> None:
+        node = self._inode(inode)
+        await self._check("removexattr", node)
+        path, follow = self._xattr_path(node)
+        try:
+            os.removexattr(path, name, follow_symlinks=follow)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    # --- for the control plane ----------------------------------------------------
+
+    def inodes_matching(self, regexes: list, lookups: bool) -> list[tuple[int, int, bytes]]:
+        """(node id, parent id, name) of known inodes whose path matches; trio thread only."""
+        out = []
+        for node in list(self.table.by_id.values()):
+            path = self.table.path(node)
+            if any(rx.match(path) for rx in regexes):
+                parent = node.parent.id if (lookups and node.parent is not None) else 0
+                out.append((node.id, parent, node.name))
+        return out
