@@ -2,7 +2,8 @@
 
 A glob is matched against a path relative to the mount root, without a leading
 slash ("" is the root itself). ``*`` and ``?`` stay inside one path segment,
-``**`` as a whole segment spans any number of segments (zero included), and
+``**`` as a whole segment spans any number of segments (zero included, so
+``dir/**`` covers ``dir`` itself), and
 ``[...]`` is a character class. Globs are compiled once, when a rule is set.
 """
 
@@ -30,8 +31,13 @@ def compile_glob(glob: str) -> re.Pattern[str]:
     for index, part in enumerate(parts):
         last = index == len(parts) - 1
         if part == "**":
-            # Any number of whole segments, including none.
-            out.append(".*" if last else "(?:[^/]*/)*")
+            if not last:
+                out.append("(?:[^/]*/)*")  # any number of whole segments, even none
+            elif index == 0:
+                out.append(".*")
+            else:
+                # "dir/**" covers dir itself as well as everything below it.
+                out[-1] = "(?:/.*)?"
             continue
         if "**" in part:
             raise GlobError(f"'**' must be a whole path segment in {glob!r}")

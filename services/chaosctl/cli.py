@@ -33,17 +33,23 @@ def _common() -> argparse.ArgumentParser:
     # Accepted before or after the subcommand, as operators type them either way.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--nats", default=argparse.SUPPRESS, help="NATS URL ($NATS_URL)")
-    common.add_argument("--timeout", default=argparse.SUPPRESS, type=parse_duration,
-                        help="how long to wait for an answer (default 3s)")  # fmt: skip
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="machine-readable output")  # fmt: skip
+    common.add_argument(
+        "--timeout",
+        default=argparse.SUPPRESS,
+        type=parse_duration,
+        help="how long to wait for an answer (default 3s)",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
     return common
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(prog="chaosctl", parents=[common],
-                                     description="Steer chaosfs sidecars over NATS.")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="chaosctl", parents=[common], description="Steer chaosfs sidecars over NATS."
+    )
     top = parser.add_subparsers(dest="command", required=True)
 
     fault = top.add_parser("fault", help="set, recover and list fault rules", parents=[common])
@@ -170,8 +176,10 @@ def render(args: argparse.Namespace, reply: dict[str, Any]) -> str:
 
 def _rule_line(rule: dict[str, Any]) -> str:
     stats = rule.get("stats", {})
-    return (f"{rule['id']}: {_describe_rule(rule)} "
-            f"(matched {stats.get('matched', 0)}, fired {stats.get('fired', 0)})")  # fmt: skip
+    return (
+        f"{rule['id']}: {_describe_rule(rule)} "
+        f"(matched {stats.get('matched', 0)}, fired {stats.get('fired', 0)})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

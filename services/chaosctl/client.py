@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import nats.errors
+
 from chaosbus import codec
 from chaosbus.bus import connect
 from chaosbus.subjects import pod_command
@@ -18,18 +19,21 @@ class Refused(RuntimeError):
     """The sidecar answered with an error; nothing changed."""
 
 
-async def request_pod(url: str, namespace: str, name: str, command: dict[str, Any],
-                      timeout: float) -> dict[str, Any]:  # fmt: skip
+async def request_pod(
+    url: str, namespace: str, name: str, command: dict[str, Any], timeout: float
+) -> dict[str, Any]:
     pod = f"{namespace}/{name}"
     try:
-        nc = await connect(url, name="chaosctl", reconnect_forever=False,
-                           connect_timeout=min(timeout, 2.0))  # fmt: skip
+        nc = await connect(
+            url, name="chaosctl", reconnect_forever=False, connect_timeout=min(timeout, 2.0)
+        )
     except Exception as exc:
         raise Unreachable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
     try:
         try:
-            msg = await nc.request(pod_command(namespace, name), codec.encode(command),
-                                   timeout=timeout)  # fmt: skip
+            msg = await nc.request(
+                pod_command(namespace, name), codec.encode(command), timeout=timeout
+            )
         except nats.errors.NoRespondersError:
             raise Unreachable(f"no sidecar answers for {pod}") from None
         except nats.errors.TimeoutError:

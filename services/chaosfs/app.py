@@ -9,6 +9,7 @@ import sys
 
 import pyfuse3
 import trio
+
 from chaosbus import __version__
 from chaosbus.logs import configure
 
@@ -38,8 +39,12 @@ def run(config: Config) -> int:
         pod=config.pod_ref, mountpoint=config.mountpoint
     )
     if config.ignored_addr:
-        log.warning("flag_ignored", flag="-addr", value=config.ignored_addr,
-                    reason="chaosfs is steered over NATS, not gRPC")  # fmt: skip
+        log.warning(
+            "flag_ignored",
+            flag="-addr",
+            value=config.ignored_addr,
+            reason="chaosfs is steered over NATS, not gRPC",
+        )
     # The kernel already applied the caller's umask to every mode it passes us.
     os.umask(0)
     _raise_fd_limit()

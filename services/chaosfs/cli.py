@@ -14,26 +14,43 @@ from chaosbus.goflags import Flag, FlagError, parse_flags, usage
 from chaosbus.subjects import parse_pod
 
 FLAGS = (
-    Flag("original", "directory whose contents the mount shows (the app's real data)",
-         metavar="DIR"),
+    Flag(
+        "original", "directory whose contents the mount shows (the app's real data)", metavar="DIR"
+    ),
     Flag("mountpoint", "where to mount; the app's data directory", metavar="DIR"),
-    Flag("pidfile", "file to write this process's pid to once the mount answers",
-         metavar="FILE"),
-    Flag("nats", "NATS server URL(s), comma separated (default $NATS_URL, then "
-         "nats://127.0.0.1:4222)", metavar="URL"),
-    Flag("pod", "NAMESPACE/NAME this sidecar serves (default $POD_NAMESPACE/$POD_NAME)",
-         metavar="NS/NAME"),
-    Flag("addr", "ignored: the seed's gRPC address; chaosfs listens on NATS instead",
-         metavar="ADDR"),
-    Flag("cache-timeout", "how long the kernel may cache names and attributes",
-         default=5.0, parse=parse_duration, metavar="DURATION"),
-    Flag("heartbeat", "interval between heartbeats on the bus", default=5.0,
-         parse=parse_duration, metavar="DURATION"),
+    Flag("pidfile", "file to write this process's pid to once the mount answers", metavar="FILE"),
+    Flag(
+        "nats",
+        "NATS server URL(s), comma separated (default $NATS_URL, then nats://127.0.0.1:4222)",
+        metavar="URL",
+    ),
+    Flag(
+        "pod",
+        "NAMESPACE/NAME this sidecar serves (default $POD_NAMESPACE/$POD_NAME)",
+        metavar="NS/NAME",
+    ),
+    Flag(
+        "addr", "ignored: the seed's gRPC address; chaosfs listens on NATS instead", metavar="ADDR"
+    ),
+    Flag(
+        "cache-timeout",
+        "how long the kernel may cache names and attributes",
+        default=5.0,
+        parse=parse_duration,
+        metavar="DURATION",
+    ),
+    Flag(
+        "heartbeat",
+        "interval between heartbeats on the bus",
+        default=5.0,
+        parse=parse_duration,
+        metavar="DURATION",
+    ),
     Flag("log-level", "debug, info, warning or error", default="info", metavar="LEVEL"),
     Flag("version", "print the version and exit", default=False, boolean=True),
     Flag("help", "show this help", default=False, boolean=True),
     Flag("h", "show this help", default=False, boolean=True),
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -72,8 +89,9 @@ def parse_config(argv: Sequence[str], env: dict[str, str]) -> Config:
     else:
         namespace, pod = env.get("POD_NAMESPACE", ""), env.get("POD_NAME", "")
         if not namespace or not pod:
-            raise FlagError("no pod identity: pass -pod NAMESPACE/NAME or set POD_NAMESPACE "
-                            "and POD_NAME")  # fmt: skip
+            raise FlagError(
+                "no pod identity: pass -pod NAMESPACE/NAME or set POD_NAMESPACE and POD_NAME"
+            )
     if values["heartbeat"] <= 0:
         raise FlagError("-heartbeat must be above zero")
     return Config(

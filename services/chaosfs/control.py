@@ -20,12 +20,13 @@ from typing import Any
 import pyfuse3
 import structlog
 import trio
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
 from chaosbus import __version__, codec, protocol
 from chaosbus.bus import connect
 from chaosbus.rules import METHODS, FaultRule, RuleError
 from chaosbus.subjects import FLEET_COMMAND, pod_command, pod_event
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from .cli import Config
 from .faults import FaultEngine
@@ -176,8 +177,9 @@ class BusControl:
             "fired": sum(s.fired for s in list(self.engine.stats.values())),
         }
         try:
-            await nc.publish(pod_event(kind, self.config.namespace, self.config.pod),
-                             codec.encode(event))  # fmt: skip
+            await nc.publish(
+                pod_event(kind, self.config.namespace, self.config.pod), codec.encode(event)
+            )
         except Exception as exc:
             self.log.warning("event_publish_failed", kind=kind, error=str(exc))
 

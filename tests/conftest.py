@@ -1,0 +1,215 @@
+"""Real parts for every test: a nats-server on a free loopback port, chaosfs
+processes over real FUSE mounts, and the real chaosctl command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaosbus import codec
+from chaosbus.subjects import pod_command
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class NatsServer:
+    """A real nats-server; stop() and start() keep the port, as a restart would."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.config = workdir / "nats.conf"
+        # A large max_payload so that oversized commands reach the sidecar,
+        # which must answer them with an error rather than never see them.
+        self.config.write_text(
+            f'listen: "127.0.0.1:{self.port}"\n'
+            "max_payload: 16MB\n"
+            f'jetstream {{ store_dir: "{workdir / "js"}" }}\n'
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(BIN / "nats-server"), "-c", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "nats.log", "ab"),  # noqa: SIM115
+        )
+
+        def up() -> bool:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return True
+            return False
+
+        wait_for(up, what="nats-server to listen")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def is_mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+class Sidecar:
+    def __init__(self, root: Path, nats_url: str, pod: str, extra: list[str], env: dict) -> None:
+        self.original = root / "original"
+        self.mountpoint = root / "data"
+        self.pidfile = root / "fuse" / "pid"
+        self.log = root / "chaosfs.log"
+        self.pod = pod
+        self.nats_url = nats_url
+        self.extra = extra
+        self.env = env
+        self.original.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.pidfile.unlink()
+        cmd = [
+            str(BIN / "chaosfs"),
+            "-original",
+            str(self.original),
+            "-mountpoint",
+            str(self.mountpoint),
+            "-pidfile",
+            str(self.pidfile),
+            "-pod",
+            self.pod,
+            "-nats",
+            self.nats_url,
+            *self.extra,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "ab"),  # noqa: SIM115
+            env={**os.environ, **self.env},
+        )
+        if wait:
+            wait_for(self.pidfile.exists, what=f"chaosfs pidfile (log: {self.log})")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def cleanup(self) -> None:
+        self.stop()
+        if is_mounted(self.mountpoint):
+            subprocess.run(["umount", "-l", str(self.mountpoint)], check=False)
+
+    def path(self, name: str) -> Path:
+        return self.mountpoint / name
+
+    def ctl(self, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        return chaosctl(self.nats_url, *args, timeout=timeout)
+
+    def request(self, payload: bytes | dict[str, Any], timeout: float = 5) -> dict[str, Any]:
+        ns, name = self.pod.split("/", 1)
+        data = payload if isinstance(payload, bytes) else codec.encode(payload)
+        return asyncio.run(raw_request(self.nats_url, pod_command(ns, name), data, timeout))
+
+
+async def raw_request(url: str, subject: str, data: bytes, timeout: float) -> dict[str, Any]:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        msg = await nc.request(subject, data, timeout=timeout)
+        return codec.decode(msg.data, limit=1 << 24)
+    finally:
+        await nc.close()
+
+
+def chaosctl(url: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "chaosctl"), "--nats", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def make_sidecar(tmp_path: Path, nats_server: NatsServer):
+    made: list[Sidecar] = []
+
+    def make(
+        pod: str = "default/app-0",
+        extra: list[str] | None = None,
+        env: dict | None = None,
+        start: bool = True,
+    ) -> Sidecar:
+        root = tmp_path / f"pod{len(made)}"
+        sidecar = Sidecar(root, nats_server.url, pod, extra or [], env or {})
+        made.append(sidecar)
+        if start:
+            sidecar.start()
+        return sidecar
+
+    yield make
+    for sidecar in made:
+        sidecar.cleanup()
+
+
+@pytest.fixture
+def sidecar(make_sidecar) -> Sidecar:
+    return make_sidecar()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        raise pytest.UsageError("the tests need root and /dev/fuse (real FUSE mounts)")
+    if shutil.which("fusermount3") is None:
+        raise pytest.UsageError("fusermount3 is missing: run `make setup`")
