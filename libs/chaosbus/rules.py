@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,16 +30,40 @@ EXTRA_METHODS = ("lookup", "readdir", "releasedir", "fsyncdir")
 METHODS = SEED_METHODS + EXTRA_METHODS
 METHOD_SET = frozenset(METHODS)
 
-ACTIONS = ("errno", "latency", "mixed")
+ACTIONS = ("errno", "latency", "mixed", "attr", "mistake", "short", "enospc")
+
+# Actions that change data or space only make sense on some operations; a rule
+# naming any other method is refused. The second set is what an empty list means.
+DATA_METHODS = frozenset({"read", "write"})
+_ACTION_METHODS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "attr": (frozenset({"getattr", "lookup"}), frozenset({"getattr", "lookup"})),
+    "mistake": (DATA_METHODS, DATA_METHODS),
+    "short": (DATA_METHODS, DATA_METHODS),
+    "enospc": (frozenset({"write", "truncate", "allocate"}), frozenset({"write", "truncate"})),
+}
+
+# Attributes an attr rule may override, and the kinds of file it may pretend to be.
+ATTR_FIELDS = ("size", "mode", "uid", "gid", "nlink", "atime", "mtime", "ctime", "ino", "kind",
+               "blocks", "rdev")  # fmt: skip
+KINDS = {"file": 0o100000, "dir": 0o040000, "symlink": 0o120000, "fifo": 0o010000,
+         "socket": 0o140000, "chardev": 0o020000, "blockdev": 0o060000}  # fmt: skip
+FILLINGS = ("zero", "random")
 
 # What the seed's "random" errno picks from: failures a sick disk really returns.
 RANDOM_ERRNOS = (errno_mod.EIO, errno_mod.ENOSPC, errno_mod.EROFS, errno_mod.EACCES,
                  errno_mod.EPERM, errno_mod.ENOENT, errno_mod.EAGAIN)  # fmt: skip
 
 MAX_DELAY_SECONDS = 3600.0
+MAX_TTL_SECONDS = 7 * 24 * 3600.0
 MAX_RULES = 1024
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
-_FIELDS = frozenset({"id", "action", "errno", "delay", "jitter", "methods", "path", "percent"})
+_COMM = re.compile(r"[^/\x00]{1,15}\Z")  # the kernel keeps 15 bytes of a process name
+_FIELDS = frozenset({
+    "id", "action", "errno", "delay", "jitter", "methods", "path", "percent",
+    "attr", "filling", "max_occurrences", "max_length", "short_bytes", "quota",
+    "count", "after", "ttl", "expires_at", "caller_pid", "caller_uid", "caller_comm",
+    "seed", "dry_run",
+})  # fmt: skip
 
 
 class RuleError(ValueError):
@@ -91,6 +116,50 @@ def _methods(value: Any) -> frozenset[str]:
     return frozenset(value)
 
 
+def _count(name: str, value: Any, *, minimum: int = 0, maximum: int = 2**62) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RuleError(f"{name} must be a whole number, got {value!r}")
+    if not minimum <= value <= maximum:
+        raise RuleError(f"{name} must be from {minimum} to {maximum}, got {value}")
+    return value
+
+
+def _time_ns(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RuleError(f"attr {name} must be seconds since the epoch, got {value!r}")
+    if not 0 <= value < 2**33:
+        raise RuleError(f"attr {name} is out of range: {value}")
+    return int(value * 1_000_000_000)
+
+
+def _attrs(value: Any) -> tuple[tuple[str, int], ...]:
+    """Attribute overrides, normalised to st_* integers (times in nanoseconds)."""
+    if not isinstance(value, dict) or not value:
+        raise RuleError("attr must be a non-empty map of attribute names to values")
+    unknown = sorted(str(k) for k in set(value) - set(ATTR_FIELDS))
+    if unknown:
+        raise RuleError(
+            f"unknown attr field(s) {', '.join(unknown)}; known: {', '.join(ATTR_FIELDS)}"
+        )
+    out: list[tuple[str, int]] = []
+    for name, raw in sorted(value.items()):
+        if name == "kind":
+            if raw not in KINDS:
+                raise RuleError(f"attr kind must be one of {', '.join(KINDS)}, got {raw!r}")
+            out.append((name, KINDS[raw]))
+        elif name in ("atime", "mtime", "ctime"):
+            out.append((name, _time_ns(name, raw)))
+        elif name == "mode":
+            out.append((name, _count("attr mode", raw, maximum=0o7777)))
+        elif name in ("uid", "gid"):
+            out.append((name, _count(f"attr {name}", raw, maximum=2**32 - 2)))
+        elif name == "ino":
+            out.append((name, _count("attr ino", raw, minimum=1)))
+        else:
+            out.append((name, _count(f"attr {name}", raw)))
+    return tuple(out)
+
+
 def new_rule_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -105,10 +174,28 @@ class FaultRule:
     methods: frozenset[str] = frozenset()  # empty: every method
     path: str = "**"
     percent: float = 100.0
+    # attr: st_* overrides; mistake: how to corrupt; short: bytes to move (None: random).
+    attrs: tuple[tuple[str, int], ...] = ()
+    filling: str = "zero"
+    max_occurrences: int = 1
+    max_length: int = 1
+    short_bytes: int | None = None
+    quota: int = 0
+    # Triggers: fire at most `count` times, after letting `after` matches pass,
+    # and never after `expires_at` (wall-clock seconds).
+    count: int | None = None
+    after: int = 0
+    expires_at: float | None = None
+    caller_pid: int | None = None
+    caller_uid: int | None = None
+    caller_comm: str | None = None
+    seed: int | None = None
+    dry_run: bool = False
     path_regex: re.Pattern[str] = field(default=compile_glob("**"), compare=False, repr=False)
 
     @classmethod
-    def from_wire(cls, data: Any) -> FaultRule:
+    def from_wire(cls, data: Any, *, now: float | None = None) -> FaultRule:
+        """Validate a rule from the bus; ``now`` turns a relative ttl into an expiry."""
         if not isinstance(data, dict):
             raise RuleError(f"a rule must be a map, got {type(data).__name__}")
         unknown = sorted(str(k) for k in set(data) - _FIELDS)
@@ -124,51 +211,81 @@ class FaultRule:
         action = data.get("action")
         if action not in ACTIONS:
             raise RuleError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+        fields: dict[str, Any] = {"id": rule_id, "action": action}
+        _only_for(data, action, "errno", ("errno", "mixed", "enospc"))
+        _only_for(data, action, "delay", ("latency", "mixed"))
+        _only_for(data, action, "jitter", ("latency", "mixed"))
+        _only_for(data, action, "attr", ("attr",))
+        for name in ("filling", "max_occurrences", "max_length"):
+            _only_for(data, action, name, ("mistake",))
+        _only_for(data, action, "short_bytes", ("short",))
+        _only_for(data, action, "quota", ("enospc",))
 
-        errnos: tuple[int, ...] = ()
         if action in ("errno", "mixed"):
             if "errno" not in data:
                 raise RuleError(f"action {action} needs an errno")
-            errnos = _errnos(data["errno"])
-        elif "errno" in data:
-            raise RuleError("errno only applies to the errno and mixed actions")
-
-        delay = jitter = 0.0
+            fields["errnos"] = _errnos(data["errno"])
         if action in ("latency", "mixed"):
             if "delay" not in data:
                 raise RuleError(f"action {action} needs a delay")
-            delay = _seconds("delay", data["delay"])
-            jitter = _seconds("jitter", data.get("jitter", 0.0))
-            if delay == 0 and jitter == 0:
+            fields["delay"] = _seconds("delay", data["delay"])
+            fields["jitter"] = _seconds("jitter", data.get("jitter", 0.0))
+            if fields["delay"] == 0 and fields["jitter"] == 0:
                 raise RuleError("a latency needs a delay or jitter above zero")
-        elif "delay" in data or "jitter" in data:
-            raise RuleError("delay and jitter only apply to the latency and mixed actions")
+        if action == "attr":
+            fields["attrs"] = _attrs(data.get("attr"))
+        if action == "mistake":
+            filling = data.get("filling", "zero")
+            if filling not in FILLINGS:
+                raise RuleError(f"filling must be zero or random, got {filling!r}")
+            fields["filling"] = filling
+            fields["max_occurrences"] = _count(
+                "max_occurrences", data.get("max_occurrences", 1), minimum=1, maximum=1 << 20
+            )
+            fields["max_length"] = _count(
+                "max_length", data.get("max_length", 1), minimum=1, maximum=1 << 30
+            )
+        if action == "short" and data.get("short_bytes") is not None:
+            fields["short_bytes"] = _count("short_bytes", data["short_bytes"])
+        if action == "enospc":
+            if "quota" not in data:
+                raise RuleError("action enospc needs a quota in bytes")
+            fields["quota"] = _count("quota", data["quota"])
+            errnos = _errnos(data.get("errno", "ENOSPC"))
+            if errnos not in ((errno_mod.ENOSPC,), (errno_mod.EDQUOT,)):
+                raise RuleError("an enospc rule fails with ENOSPC or EDQUOT only")
+            fields["errnos"] = errnos
 
         methods = _methods(data.get("methods", []))
+        allowed = _ACTION_METHODS.get(action)
+        if allowed is not None:
+            if not methods:
+                methods = allowed[1]
+            wrong = sorted(methods - allowed[0])
+            if wrong:
+                raise RuleError(
+                    f"action {action} cannot apply to {', '.join(wrong)}; "
+                    f"it applies to {', '.join(sorted(allowed[0]))}"
+                )
+        fields["methods"] = methods
+
         path = data.get("path", "**")
         if not isinstance(path, str):
             raise RuleError(f"path must be a glob string, got {path!r}")
         try:
-            regex = compile_glob(path)
+            fields["path_regex"] = compile_glob(path)
         except GlobError as exc:
             raise RuleError(str(exc)) from None
+        fields["path"] = path
         percent = data.get("percent", 100)
         if isinstance(percent, bool) or not isinstance(percent, int | float):
             raise RuleError(f"percent must be a number from 0 to 100, got {percent!r}")
         if not 0 <= percent <= 100:
             raise RuleError(f"percent must be from 0 to 100, got {percent}")
+        fields["percent"] = float(percent)
 
-        return cls(
-            id=rule_id,
-            action=action,
-            errnos=errnos,
-            delay=delay,
-            jitter=jitter,
-            methods=methods,
-            path=path,
-            percent=float(percent),
-            path_regex=regex,
-        )
+        _triggers(data, fields, now)
+        return cls(**fields)
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "action": self.action}
@@ -177,10 +294,84 @@ class FaultRule:
         if self.action in ("latency", "mixed"):
             out["delay"] = self.delay
             out["jitter"] = self.jitter
+        if self.attrs:
+            out["attr"] = {k: _attr_out(k, v) for k, v in self.attrs}
+        if self.action == "mistake":
+            out["filling"] = self.filling
+            out["max_occurrences"] = self.max_occurrences
+            out["max_length"] = self.max_length
+        if self.action == "short" and self.short_bytes is not None:
+            out["short_bytes"] = self.short_bytes
+        if self.action == "enospc":
+            out["quota"] = self.quota
         out["methods"] = sorted(self.methods)
         out["path"] = self.path
         out["percent"] = self.percent
+        for name in ("count", "expires_at", "caller_pid", "caller_uid", "caller_comm", "seed"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.after:
+            out["after"] = self.after
+        if self.dry_run:
+            out["dry_run"] = True
         return out
 
     def applies_to(self, method: str) -> bool:
         return not self.methods or method in self.methods
+
+    @property
+    def caller_filtered(self) -> bool:
+        return (
+            self.caller_pid is not None
+            or self.caller_uid is not None
+            or self.caller_comm is not None
+        )
+
+
+def _only_for(data: dict[str, Any], action: str, name: str, actions: tuple[str, ...]) -> None:
+    if name in data and action not in actions:
+        raise RuleError(f"{name} only applies to the {' and '.join(actions)} action(s)")
+
+
+def _attr_out(name: str, value: int) -> Any:
+    if name == "kind":
+        return next(k for k, v in KINDS.items() if v == value)
+    if name in ("atime", "mtime", "ctime"):
+        return value / 1_000_000_000
+    return value
+
+
+def _triggers(data: dict[str, Any], fields: dict[str, Any], now: float | None) -> None:
+    if data.get("count") is not None:
+        fields["count"] = _count("count", data["count"], minimum=1)
+    if data.get("after") is not None:
+        fields["after"] = _count("after", data["after"])
+    if data.get("ttl") is not None and data.get("expires_at") is not None:
+        raise RuleError("give either ttl or expires_at, not both")
+    if data.get("ttl") is not None:
+        ttl = data["ttl"]
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
+            raise RuleError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        if ttl > MAX_TTL_SECONDS:
+            raise RuleError(f"ttl may be at most {MAX_TTL_SECONDS:g} seconds")
+        fields["expires_at"] = (time.time() if now is None else now) + float(ttl)
+    elif data.get("expires_at") is not None:
+        expires = data["expires_at"]
+        if isinstance(expires, bool) or not isinstance(expires, int | float) or expires <= 0:
+            raise RuleError(f"expires_at must be seconds since the epoch, got {expires!r}")
+        fields["expires_at"] = float(expires)
+    for name in ("caller_pid", "caller_uid"):
+        if data.get(name) is not None:
+            fields[name] = _count(name, data[name], maximum=2**32 - 1)
+    if data.get("caller_comm") is not None:
+        comm = data["caller_comm"]
+        if not isinstance(comm, str) or not _COMM.match(comm):
+            raise RuleError(f"caller_comm must be a process name of 1-15 characters, got {comm!r}")
+        fields["caller_comm"] = comm
+    if data.get("seed") is not None:
+        fields["seed"] = _count("seed", data["seed"], maximum=2**63 - 1)
+    dry_run = data.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise RuleError(f"dry_run must be true or false, got {dry_run!r}")
+    fields["dry_run"] = dry_run

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import socket
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 from chaosbus.bus import default_url
 from chaosbus.durations import format_duration, parse_duration
 from chaosbus.rules import ACTIONS, FaultRule, RuleError
+from chaosbus.sizes import parse_size
 from chaosbus.subjects import parse_pod
 
 from .client import Refused, Unreachable, request_pod
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     set_.add_argument("--path", help="glob relative to the mount root; ** spans directories")
     set_.add_argument("--percent", type=float, help="share of matching operations hit (100)")
     set_.add_argument("--id", help="rule id (default: generated)")
+    _add_rule_details(set_)
 
     rec = verbs.add_parser("recover", help="remove rules from one sidecar", parents=[common])
     rec.add_argument("--pod", required=True, help="NAMESPACE/NAME")
@@ -82,6 +85,64 @@ def build_parser() -> argparse.ArgumentParser:
     status = top.add_parser("status", help="one sidecar's state and counters", parents=[common])
     status.add_argument("--pod", required=True, help="NAMESPACE/NAME")
     return parser
+
+
+def _add_rule_details(p: argparse.ArgumentParser) -> None:
+    """The fault engine's fields beyond errno and latency."""
+    p.add_argument("--attr", type=parse_attrs, help="attr: overrides, e.g. size=123,mode=0600")
+    p.add_argument("--filling", choices=("zero", "random"), help="mistake: what to write")
+    p.add_argument("--max-occurrences", type=int, help="mistake: corrupted runs per operation")
+    p.add_argument("--max-length", type=int, help="mistake: bytes per corrupted run")
+    p.add_argument("--short-bytes", type=parse_size, help="short: bytes moved (default random)")
+    p.add_argument("--quota", type=parse_size, help="enospc: growth allowed, e.g. 64KiB")
+    p.add_argument("--count", type=int, help="fire on at most N operations")
+    p.add_argument("--after", type=int, help="let the first K matching operations pass")
+    expiry = p.add_mutually_exclusive_group()
+    expiry.add_argument("--ttl", type=parse_duration, help="the sidecar drops the rule after this")
+    expiry.add_argument("--expires-at", type=parse_time, help="absolute expiry (ISO 8601 or epoch)")
+    p.add_argument("--caller-pid", type=int, help="only operations by this process id")
+    p.add_argument("--caller-uid", type=int, help="only operations by this user id")
+    p.add_argument("--caller-comm", help="only operations by processes of this name")
+    p.add_argument("--seed", type=int, help="make the rule's random choices reproducible")
+    p.add_argument("--dry-run", action="store_true", help="count what would happen, inject nothing")
+
+
+_ATTR_INTS = ("size", "uid", "gid", "nlink", "ino", "blocks", "rdev")
+
+
+def parse_attrs(text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise ValueError(f"expected name=value, got {item!r}")
+        if name == "mode":
+            out[name] = int(value, 8)
+        elif name == "kind":
+            out[name] = value
+        elif name in ("atime", "mtime", "ctime"):
+            out[name] = parse_time(value)
+        elif name == "size":
+            out[name] = parse_size(value)
+        elif name in _ATTR_INTS:
+            out[name] = int(value, 0)
+        else:
+            raise ValueError(f"unknown attribute {name!r}")
+    return out
+
+
+def parse_time(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"invalid time {text!r}: use ISO 8601 or seconds since the epoch"
+        ) from None
 
 
 def rule_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -102,6 +163,27 @@ def rule_from_args(args: argparse.Namespace) -> dict[str, Any]:
         rule["path"] = args.path
     if args.percent is not None:
         rule["percent"] = args.percent
+    for name in (
+        "attr",
+        "filling",
+        "max_occurrences",
+        "max_length",
+        "short_bytes",
+        "quota",
+        "count",
+        "after",
+        "ttl",
+        "expires_at",
+        "caller_pid",
+        "caller_uid",
+        "caller_comm",
+        "seed",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            rule[name] = value
+    if args.dry_run:
+        rule["dry_run"] = True
     try:
         FaultRule.from_wire(dict(rule))  # refuse locally with the sidecar's own reasons
     except RuleError as exc:
@@ -144,6 +226,28 @@ def _describe_rule(rule: dict[str, Any]) -> str:
     parts.append(f"path={rule['path']}")
     if rule.get("percent", 100) != 100:
         parts.append(f"percent={rule['percent']:g}")
+    if "attr" in rule:
+        parts.append("attr=" + ",".join(f"{k}={v}" for k, v in rule["attr"].items()))
+    if "expires_at" in rule:
+        left = rule["expires_at"] - time.time()
+        parts.append(f"expires in {format_duration(max(0.0, round(left, 1)))}")
+    shown = {
+        "id",
+        "action",
+        "errno",
+        "delay",
+        "jitter",
+        "methods",
+        "path",
+        "percent",
+        "attr",
+        "expires_at",
+        "stats",
+        "spent",
+    }
+    parts += [f"{k}={v}" for k, v in rule.items() if k not in shown]
+    if rule.get("spent"):
+        parts.append("(spent)")
     return " ".join(parts)
 
 

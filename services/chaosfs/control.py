@@ -29,12 +29,15 @@ from chaosbus.rules import METHODS, FaultRule, RuleError
 from chaosbus.subjects import FLEET_COMMAND, pod_command, pod_event
 
 from .cli import Config
-from .faults import FaultEngine
+from .faults import FaultEngine, process_name
 from .passthrough import ChaosOperations
 
 # Test hook: hold every command handler this many seconds, blocking the bus loop,
 # to prove that file I/O does not notice.
 HANDLER_DELAY_ENV = "CHAOSFS_TEST_HANDLER_DELAY"
+EXPIRY_INTERVAL = 0.1
+INJECTION_FLUSH_INTERVAL = 0.25
+INJECTION_BATCH = 50  # per flush: at most 200 events a second leave a sidecar
 
 
 class BusControl:
@@ -82,25 +85,67 @@ class BusControl:
             self._loop.close()
 
     async def _main(self) -> None:
-        nc = await self._connect()
-        if nc is None:
-            return
-        self._nc = nc
-        pod_subject = pod_command(self.config.namespace, self.config.pod)
-        await nc.subscribe(pod_subject, cb=functools.partial(self._on_command, fleet=False))
-        # A plain subscription, not a queue group: every sidecar must get fleet commands.
-        await nc.subscribe(FLEET_COMMAND, cb=functools.partial(self._on_command, fleet=True))
-        await nc.flush()
-        self.log.info("bus_listening", subject=pod_subject, fleet_subject=FLEET_COMMAND)
-        await self._announce("ready")
-        heartbeat = asyncio.create_task(self._heartbeat())
-        await self._stopping.wait()
-        heartbeat.cancel()
-        with contextlib.suppress(Exception):
-            await self._announce("gone")
-            await nc.flush(timeout=1)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.close(), 2)
+        # Expiry and the event feed run whether or not the bus is reachable:
+        # a rule's ttl must end it even when nobody can send a recover.
+        chores = [
+            asyncio.create_task(self._expire_rules()),
+            asyncio.create_task(self._publish_injections()),
+        ]
+        try:
+            nc = await self._connect()
+            if nc is None:
+                return
+            self._nc = nc
+            pod_subject = pod_command(self.config.namespace, self.config.pod)
+            await nc.subscribe(pod_subject, cb=functools.partial(self._on_command, fleet=False))
+            # A plain subscription, not a queue group: every sidecar must get fleet commands.
+            await nc.subscribe(FLEET_COMMAND, cb=functools.partial(self._on_command, fleet=True))
+            await nc.flush()
+            self.log.info("bus_listening", subject=pod_subject, fleet_subject=FLEET_COMMAND)
+            await self._announce("ready")
+            chores.append(asyncio.create_task(self._heartbeat()))
+            await self._stopping.wait()
+            with contextlib.suppress(Exception):
+                await self._announce("gone")
+                await nc.flush(timeout=1)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 2)
+        finally:
+            for chore in chores:
+                chore.cancel()
+
+    async def _expire_rules(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_INTERVAL)
+            gone = self.engine.expire(time.time())
+            if gone:
+                await self._drop_caches(gone)
+                for rule in gone:
+                    self.log.info("rule_expired", rule=rule.id, expires_at=rule.expires_at)
+
+    async def _publish_injections(self) -> None:
+        """Forward sampled injection events; never read on the I/O path."""
+        subject = pod_event("inject", self.config.namespace, self.config.pod)
+        while True:
+            await asyncio.sleep(INJECTION_FLUSH_INTERVAL)
+            batch = self.engine.drain_events(limit=INJECTION_BATCH)
+            nc = self._nc
+            if not batch or nc is None or not nc.is_connected:
+                continue
+            for when, method, path, pid, rule_id, outcome in batch:
+                event = {
+                    "kind": "inject",
+                    "pod": self.config.pod_ref,
+                    "time": when,
+                    "method": method,
+                    "path": path,
+                    "pid": pid,
+                    "comm": process_name(pid) if pid else None,
+                    "rule": rule_id,
+                    "outcome": outcome,
+                }
+                with contextlib.suppress(Exception):
+                    await nc.publish(subject, codec.encode(event))
 
     async def _connect(self) -> Client | None:
         """Connect, for as long as it takes; file I/O never waits on this.
@@ -174,7 +219,8 @@ class BusControl:
             **self._identity(),
             "uptime": time.time() - self.started,
             "rules": len(rules),
-            "fired": sum(s.fired for s in list(self.engine.stats.values())),
+            "fired": sum(s.fired for s in list(self.engine.state.values())),
+            "events_dropped": self.engine.events_dropped,
         }
         try:
             await nc.publish(

@@ -2,13 +2,17 @@
 
 Two threads meet here, so the design is: the bus thread is the only writer and
 publishes a new immutable ``RuleSet`` by swapping one attribute; the trio thread
-that serves FUSE only reads the current set and bumps counters. No lock is ever
-taken on the file-system path, so a stuck control plane cannot stall I/O.
+that serves FUSE only reads the current set and updates per-rule counters. No
+lock is ever taken on the file-system path, so a stuck control plane cannot
+stall I/O. What the trio side reports back (injection events) goes into a
+bounded deque the bus thread drains; appending never blocks.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import errno as errno_mod
 import random
 import time
 from dataclasses import dataclass, field
@@ -18,15 +22,27 @@ from chaosbus.rules import MAX_RULES, METHOD_SET, METHODS, FaultRule, RuleError
 
 from .inodes import Inode, InodeTable
 
+EVENTS_PER_SECOND = 100.0  # injection events kept for the bus; the rest are counted
+EVENT_BACKLOG = 4096
+
 
 @dataclass(slots=True)
-class RuleStats:
+class RuleState:
+    """What a rule has done so far; lives as long as the rule."""
+
+    rng: random.Random
     matched: int = 0
     fired: int = 0
     last_fired: float | None = None  # wall clock, for operators
+    quota_used: int = 0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"matched": self.matched, "fired": self.fired, "last_fired": self.last_fired}
+        return {
+            "matched": self.matched,
+            "fired": self.fired,
+            "last_fired": self.last_fired,
+            "quota_used": self.quota_used,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,33 +50,84 @@ class RuleSet:
     version: int
     rules: tuple[FaultRule, ...] = ()
     by_method: dict[str, tuple[FaultRule, ...]] = field(default_factory=dict)
+    quotas: tuple[FaultRule, ...] = ()
 
     @classmethod
     def build(cls, version: int, rules: tuple[FaultRule, ...]) -> RuleSet:
         by_method = {m: tuple(r for r in rules if r.applies_to(m)) for m in METHODS}
-        return cls(version, rules, {m: rs for m, rs in by_method.items() if rs})
+        quotas = tuple(r for r in rules if r.action == "enospc" and not r.dry_run)
+        return cls(version, rules, {m: rs for m, rs in by_method.items() if rs}, quotas)
 
 
 class Decision:
-    """What to do to one operation: wait ``delay`` seconds, then fail with ``errno``."""
+    """What to do to one operation. The handler applies it in this order: wait
+    ``delay``, fail with ``errno``, then shorten, corrupt or limit the data."""
 
-    __slots__ = ("delay", "errno")
+    __slots__ = ("attrs", "delay", "errno", "mistake", "quota", "short")
 
-    def __init__(self, delay: float, errno: int) -> None:
-        self.delay = delay
-        self.errno = errno
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.errno = 0
+        self.attrs: list[tuple[str, int]] = []
+        self.mistake: tuple[FaultRule, RuleState] | None = None
+        self.short: tuple[FaultRule, RuleState] | None = None
+        self.quota: tuple[FaultRule, RuleState] | None = None
+
+    def corrupt(self, data: bytes) -> bytes:
+        """Overwrite 1..max_occurrences runs of 1..max_length bytes; length unchanged."""
+        assert self.mistake is not None
+        rule, state = self.mistake
+        if not data:
+            return data
+        rng = state.rng
+        buf = bytearray(data)
+        for _ in range(rng.randint(1, rule.max_occurrences)):
+            length = rng.randint(1, min(rule.max_length, len(buf)))
+            start = rng.randrange(0, len(buf) - length + 1)
+            if rule.filling == "zero":
+                buf[start : start + length] = bytes(length)
+            else:
+                buf[start : start + length] = rng.randbytes(length)
+        return bytes(buf)
+
+    def quota_left(self) -> int:
+        assert self.quota is not None
+        rule, state = self.quota
+        return max(0, rule.quota - state.quota_used)
+
+    def charge(self, growth: int, refused: bool) -> None:
+        """Account ``growth`` bytes against the quota; a refusal counts as the rule firing."""
+        assert self.quota is not None
+        _, state = self.quota
+        state.quota_used += growth
+        if refused:
+            state.fired += 1
+            state.last_fired = time.time()
+
+    def shorten(self, size: int) -> int:
+        """How many of ``size`` bytes to move: fewer, but never zero (zero means EOF)."""
+        assert self.short is not None
+        rule, state = self.short
+        if size <= 1:
+            return size
+        if rule.short_bytes is not None:
+            return max(1, min(rule.short_bytes, size - 1))
+        return state.rng.randint(1, size - 1)
 
 
 class FaultEngine:
-    def __init__(self, table: InodeTable, rng: random.Random | None = None) -> None:
+    def __init__(self, table: InodeTable) -> None:
         self.table = table
         self.rules = RuleSet(0)
-        self.stats: dict[str, RuleStats] = {}
-        self._rng = rng or random.Random()
+        self.state: dict[str, RuleState] = {}
+        self.events: collections.deque[tuple] = collections.deque(maxlen=EVENT_BACKLOG)
+        self.events_dropped = 0
+        self._budget = EVENTS_PER_SECOND
+        self._budget_at = time.monotonic()
 
     # --- trio thread: the request path -------------------------------------------
 
-    def for_inode(self, method: str, inode: Inode) -> Decision | None:
+    def for_inode(self, method: str, inode: Inode, pid: int = 0, uid: int = 0) -> Decision | None:
         rules = self.rules
         candidates = rules.by_method.get(method)
         if not candidates:
@@ -76,16 +143,20 @@ class FaultEngine:
             path = self.table.path(inode)
             hits = tuple(r for r in candidates if r.path_regex.match(path))
             per_method[method] = hits
-        return self._decide(hits) if hits else None
+        if not hits:
+            return None
+        return self._decide(method, hits, pid, uid, inode, None)
 
-    def for_path(self, method: str, parent: Inode, name: bytes) -> Decision | None:
+    def for_path(
+        self, method: str, parent: Inode, name: bytes, pid: int = 0, uid: int = 0
+    ) -> Decision | None:
         """For operations on a name that may not have an inode (create, unlink, ...)."""
         candidates = self.rules.by_method.get(method)
         if not candidates:
             return None
         path = self.table.child_path(parent, name)
         hits = tuple(r for r in candidates if r.path_regex.match(path))
-        return self._decide(hits) if hits else None
+        return self._decide(method, hits, pid, uid, None, path) if hits else None
 
     def reads_faulted(self, inode: Inode) -> bool:
         """Whether reads of this inode must bypass the kernel page cache."""
@@ -95,52 +166,109 @@ class FaultEngine:
         path = self.table.path(inode)
         return any(r.path_regex.match(path) for r in candidates)
 
-    def _decide(self, hits: tuple[FaultRule, ...]) -> Decision | None:
-        delay = 0.0
-        err = 0
-        stats = self.stats
-        rng = self._rng
+    def quota_free(self) -> int | None:
+        """Bytes left under the tightest quota in force, for statfs; None if none."""
+        quotas = self.rules.quotas
+        if not quotas:
+            return None
+        now = time.time()
+        left = [
+            max(0, r.quota - st.quota_used)
+            for r in quotas
+            if (st := self.state.get(r.id)) is not None
+            and (r.expires_at is None or now < r.expires_at)
+        ]
+        return min(left) if left else None
+
+    def _decide(
+        self,
+        method: str,
+        hits: tuple[FaultRule, ...],
+        pid: int,
+        uid: int,
+        inode: Inode | None,
+        path: str | None,
+    ) -> Decision | None:
+        decision: Decision | None = None
+        states = self.state
+        now = 0.0
         for rule in hits:
-            st = stats.get(rule.id)
-            if st is None:  # recovered between snapshot read and now
+            st = states.get(rule.id)
+            if st is None:  # recovered between the snapshot read and now
+                continue
+            if rule.expires_at is not None:
+                now = now or time.time()
+                if now >= rule.expires_at:
+                    continue
+            if rule.caller_filtered and not _caller_matches(rule, pid, uid):
                 continue
             st.matched += 1
-            if rule.percent < 100 and rng.random() * 100 >= rule.percent:
+            if st.matched <= rule.after:
                 continue
-            if err and rule.errnos:
+            if rule.count is not None and st.fired >= rule.count:
+                continue  # spent
+            if rule.percent < 100 and st.rng.random() * 100 >= rule.percent:
+                continue
+            if rule.action in ("errno", "mixed") and decision is not None and decision.errno:
                 continue  # the first failing rule decides the errno
+            if rule.action == "enospc":
+                # Only writes past the quota count as fired; the handler knows which.
+                if not rule.dry_run and decision is None:
+                    decision = Decision()
+                if decision is not None and decision.quota is None and not rule.dry_run:
+                    decision.quota = (rule, st)
+                continue
             st.fired += 1
-            st.last_fired = time.time()
-            if rule.delay or rule.jitter:
-                delay += rule.delay + (rng.uniform(0, rule.jitter) if rule.jitter else 0.0)
-            if rule.errnos:
-                err = rule.errnos[0] if len(rule.errnos) == 1 else rng.choice(rule.errnos)
-        if not delay and not err:
-            return None
-        return Decision(delay, err)
+            st.last_fired = now or time.time()
+            self._record(method, rule, pid, inode, path)
+            if rule.dry_run:
+                continue
+            if decision is None:
+                decision = Decision()
+            _apply(rule, st, decision)
+        return decision
+
+    def _record(
+        self, method: str, rule: FaultRule, pid: int, inode: Inode | None, path: str | None
+    ) -> None:
+        """Sample an injection event for the bus, within a rate budget."""
+        now = time.monotonic()
+        self._budget = min(
+            EVENTS_PER_SECOND, self._budget + (now - self._budget_at) * EVENTS_PER_SECOND
+        )
+        self._budget_at = now
+        if self._budget < 1:
+            self.events_dropped += 1
+            return
+        self._budget -= 1
+        if path is None:
+            path = self.table.path(inode) if inode is not None else ""
+        outcome = "dry-run" if rule.dry_run else _outcome(rule)
+        self.events.append((time.time(), method, path, pid, rule.id, outcome))
 
     # --- bus thread: the only writer -----------------------------------------------
 
     def _publish(self, rules: tuple[FaultRule, ...]) -> RuleSet:
         for rule in rules:
-            self.stats.setdefault(rule.id, RuleStats())
+            if rule.id not in self.state:
+                self.state[rule.id] = RuleState(rng=random.Random(rule.seed))
         new = RuleSet.build(self.rules.version + 1, rules)
         self.rules = new
         live = {r.id for r in rules}
-        for rule_id in [k for k in self.stats if k not in live]:
-            del self.stats[rule_id]
+        for rule_id in [k for k in self.state if k not in live]:
+            del self.state[rule_id]
         return new
 
     def set_rules(self, incoming: list[FaultRule]) -> list[FaultRule]:
         """Add rules, replacing any with the same id. Returns the rules that changed."""
         current = {r.id: r for r in self.rules.rules}
+        if len(current.keys() | {r.id for r in incoming}) > MAX_RULES:
+            raise RuleError(f"a sidecar holds at most {MAX_RULES} rules")
         replaced = [current[r.id] for r in incoming if r.id in current]
         for rule in incoming:
             if rule.id in current:
-                self.stats.pop(rule.id, None)  # a replaced rule starts counting afresh
+                self.state.pop(rule.id, None)  # a replaced rule starts counting afresh
             current[rule.id] = rule
-        if len(current) > MAX_RULES:
-            raise RuleError(f"a sidecar holds at most {MAX_RULES} rules")
         self._publish(tuple(current.values()))
         return replaced + incoming
 
@@ -166,19 +294,70 @@ class FaultEngine:
             touched.append(rule)
             remaining = (rule.methods or METHOD_SET) - {method}
             if remaining:
-                kept.append(_with_methods(rule, remaining))
+                kept.append(dataclasses.replace(rule, methods=frozenset(remaining)))
         self._publish(tuple(kept))
         return touched
+
+    def expire(self, now: float) -> list[FaultRule]:
+        """Drop rules whose expiry has passed; runs on a timer, bus or no bus."""
+        gone = [r for r in self.rules.rules if r.expires_at is not None and now >= r.expires_at]
+        if gone:
+            ids = {r.id for r in gone}
+            self._publish(tuple(r for r in self.rules.rules if r.id not in ids))
+        return gone
 
     def describe(self) -> list[dict[str, Any]]:
         out = []
         for rule in self.rules.rules:
             item = rule.to_wire()
-            stats = self.stats.get(rule.id)
-            item["stats"] = stats.to_wire() if stats else RuleStats().to_wire()
+            st = self.state.get(rule.id)
+            item["stats"] = (st or RuleState(rng=random.Random(0))).to_wire()
+            item["spent"] = rule.count is not None and st is not None and st.fired >= rule.count
             out.append(item)
         return out
 
+    def drain_events(self, limit: int) -> list[tuple]:
+        out = []
+        while self.events and len(out) < limit:
+            out.append(self.events.popleft())
+        return out
 
-def _with_methods(rule: FaultRule, methods: frozenset[str]) -> FaultRule:
-    return dataclasses.replace(rule, methods=frozenset(methods))
+
+def _caller_matches(rule: FaultRule, pid: int, uid: int) -> bool:
+    if rule.caller_pid is not None and pid != rule.caller_pid:
+        return False
+    if rule.caller_uid is not None and uid != rule.caller_uid:
+        return False
+    return rule.caller_comm is None or process_name(pid) == rule.caller_comm
+
+
+def process_name(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n").decode(errors="replace")
+    except OSError:
+        return None
+
+
+def _apply(rule: FaultRule, st: RuleState, decision: Decision) -> None:
+    action = rule.action
+    if rule.delay or rule.jitter:
+        decision.delay += rule.delay + (st.rng.uniform(0, rule.jitter) if rule.jitter else 0.0)
+    if action in ("errno", "mixed"):
+        errnos = rule.errnos
+        decision.errno = errnos[0] if len(errnos) == 1 else st.rng.choice(errnos)
+    elif action == "attr":
+        decision.attrs.extend(rule.attrs)
+    elif action == "mistake":
+        decision.mistake = decision.mistake or (rule, st)
+    elif action == "short":
+        decision.short = decision.short or (rule, st)
+
+
+def _outcome(rule: FaultRule) -> str:
+    if rule.action in ("errno", "mixed", "enospc") and rule.errnos:
+        names = ",".join(errno_mod.errorcode.get(e, str(e)) for e in rule.errnos)
+        return f"{rule.action} {names}"
+    if rule.action == "latency":
+        return f"latency {rule.delay:g}s"
+    return rule.action
