@@ -104,7 +104,9 @@ class Sidecar:
         self.original.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait: bool = True) -> None:
+    def start(self, wait: bool = True, bus: bool = True) -> None:
+        """Start chaosfs; with ``wait``, until the mount serves (the pidfile) and,
+        with ``bus``, until it answers on NATS, which happens just after."""
         with contextlib.suppress(FileNotFoundError):
             self.pidfile.unlink()
         cmd = [
@@ -129,6 +131,14 @@ class Sidecar:
         )
         if wait:
             wait_for(self.pidfile.exists, what=f"chaosfs pidfile (log: {self.log})")
+        if wait and bus:
+            wait_for(self._answers, what=f"chaosfs to answer on the bus (log: {self.log})")
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.request({"op": "ping"}, timeout=1)["ok"])
+        except Exception:
+            return False
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         if self.proc is None:
@@ -190,12 +200,13 @@ def make_sidecar(tmp_path: Path, nats_server: NatsServer):
         extra: list[str] | None = None,
         env: dict | None = None,
         start: bool = True,
+        bus: bool = True,
     ) -> Sidecar:
         root = tmp_path / f"pod{len(made)}"
         sidecar = Sidecar(root, nats_server.url, pod, extra or [], env or {})
         made.append(sidecar)
         if start:
-            sidecar.start()
+            sidecar.start(bus=bus)
         return sidecar
 
     yield make

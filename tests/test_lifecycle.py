@@ -150,7 +150,7 @@ def test_second_chaosfs_on_a_live_mount_refuses(make_sidecar):
 
 def test_mount_serves_while_nats_is_down_then_joins_when_it_comes_up(make_sidecar, nats_server):
     nats_server.stop()
-    sc = make_sidecar()
+    sc = make_sidecar(bus=False)
     (sc.mountpoint / "f").write_text("no bus needed")
     assert (sc.mountpoint / "f").read_text() == "no bus needed"
     nats_server.start()
@@ -163,7 +163,7 @@ def test_mount_serves_while_nats_is_down_then_joins_when_it_comes_up(make_sideca
 
 def test_stop_is_prompt_while_nats_is_unreachable(make_sidecar, nats_server):
     nats_server.stop()
-    sc = make_sidecar()
+    sc = make_sidecar(bus=False)
     started = time.monotonic()
     assert sc.stop() == 0
     assert time.monotonic() - started < 2.5
