@@ -1,0 +1,1 @@
+"""chaos-injector: the mutating admission webhook that injects the chaosfs sidecar."""

@@ -1,0 +1,1 @@
+"""chaos-template-watcher: renders sidecar templates and publishes them on NATS."""
