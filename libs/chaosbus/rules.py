@@ -20,11 +20,38 @@ from .globs import GlobError, compile_glob
 # The seed's Injure service knew these 31 method names; chaos experiments written
 # for it keep working unchanged.
 SEED_METHODS = (
-    "open", "read", "write", "mkdir", "rmdir", "opendir", "fsync", "flush", "release",
-    "truncate", "getattr", "chown", "chmod", "utimens", "allocate", "getlk", "setlk",
-    "setlkw", "statfs", "readlink", "symlink", "create", "access", "link", "mknod",
-    "rename", "unlink", "getxattr", "listxattr", "removexattr", "setxattr",
-)  # fmt: skip
+    "open",
+    "read",
+    "write",
+    "mkdir",
+    "rmdir",
+    "opendir",
+    "fsync",
+    "flush",
+    "release",
+    "truncate",
+    "getattr",
+    "chown",
+    "chmod",
+    "utimens",
+    "allocate",
+    "getlk",
+    "setlk",
+    "setlkw",
+    "statfs",
+    "readlink",
+    "symlink",
+    "create",
+    "access",
+    "link",
+    "mknod",
+    "rename",
+    "unlink",
+    "getxattr",
+    "listxattr",
+    "removexattr",
+    "setxattr",
+)
 # Operations chaosfs also sees and lets rules target.
 EXTRA_METHODS = ("lookup", "readdir", "releasedir", "fsyncdir")
 METHODS = SEED_METHODS + EXTRA_METHODS
@@ -43,27 +70,74 @@ _ACTION_METHODS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 }
 
 # Attributes an attr rule may override, and the kinds of file it may pretend to be.
-ATTR_FIELDS = ("size", "mode", "uid", "gid", "nlink", "atime", "mtime", "ctime", "ino", "kind",
-               "blocks", "rdev")  # fmt: skip
-KINDS = {"file": 0o100000, "dir": 0o040000, "symlink": 0o120000, "fifo": 0o010000,
-         "socket": 0o140000, "chardev": 0o020000, "blockdev": 0o060000}  # fmt: skip
+ATTR_FIELDS = (
+    "size",
+    "mode",
+    "uid",
+    "gid",
+    "nlink",
+    "atime",
+    "mtime",
+    "ctime",
+    "ino",
+    "kind",
+    "blocks",
+    "rdev",
+)
+KINDS = {
+    "file": 0o100000,
+    "dir": 0o040000,
+    "symlink": 0o120000,
+    "fifo": 0o010000,
+    "socket": 0o140000,
+    "chardev": 0o020000,
+    "blockdev": 0o060000,
+}
 FILLINGS = ("zero", "random")
 
 # What the seed's "random" errno picks from: failures a sick disk really returns.
-RANDOM_ERRNOS = (errno_mod.EIO, errno_mod.ENOSPC, errno_mod.EROFS, errno_mod.EACCES,
-                 errno_mod.EPERM, errno_mod.ENOENT, errno_mod.EAGAIN)  # fmt: skip
+RANDOM_ERRNOS = (
+    errno_mod.EIO,
+    errno_mod.ENOSPC,
+    errno_mod.EROFS,
+    errno_mod.EACCES,
+    errno_mod.EPERM,
+    errno_mod.ENOENT,
+    errno_mod.EAGAIN,
+)
 
 MAX_DELAY_SECONDS = 3600.0
 MAX_TTL_SECONDS = 7 * 24 * 3600.0
 MAX_RULES = 1024
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 _COMM = re.compile(r"[^/\x00]{1,15}\Z")  # the kernel keeps 15 bytes of a process name
-_FIELDS = frozenset({
-    "id", "action", "errno", "delay", "jitter", "methods", "path", "percent",
-    "attr", "filling", "max_occurrences", "max_length", "short_bytes", "quota",
-    "count", "after", "ttl", "expires_at", "caller_pid", "caller_uid", "caller_comm",
-    "seed", "dry_run",
-})  # fmt: skip
+_FIELDS = frozenset(
+    {
+        "id",
+        "action",
+        "errno",
+        "delay",
+        "jitter",
+        "methods",
+        "path",
+        "percent",
+        "attr",
+        "filling",
+        "max_occurrences",
+        "max_length",
+        "short_bytes",
+        "quota",
+        "count",
+        "after",
+        "ttl",
+        "expires_at",
+        "caller_pid",
+        "caller_uid",
+        "caller_comm",
+        "seed",
+        "dry_run",
+    }
+)
 
 
 class RuleError(ValueError):

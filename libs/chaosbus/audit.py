@@ -1,0 +1,115 @@
+"""The audit trail: every change any service makes, as events in JetStream.
+
+Services call ``AuditLog.record`` from anywhere on their asyncio loop; it only
+appends to a bounded queue and returns, so writing an audit event never blocks
+file I/O or admission. A background task publishes the queue to the ``AUDIT``
+stream (file storage, limited by age and size), with the event id as
+``Nats-Msg-Id`` so that a retried publish is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+import uuid
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+
+from . import codec
+from .subjects import PREFIX, encode_token
+
+STREAM = "AUDIT"
+SUBJECT_ROOT = f"{PREFIX}.audit"
+SCHEMA_VERSION = 1
+QUEUE_LIMIT = 10_000
+
+
+def audit_subject(service: str, kind: str) -> str:
+    return f"{SUBJECT_ROOT}.{encode_token(service)}.{encode_token(kind)}"
+
+
+def make_event(
+    service: str, kind: str, *, actor: str | None = None, pod: str | None = None, **fields: Any
+) -> dict[str, Any]:
+    return {
+        "v": SCHEMA_VERSION,
+        "id": uuid.uuid4().hex,
+        "time": time.time(),
+        "service": service,
+        "host": socket.gethostname(),
+        "kind": kind,
+        "actor": actor or service,
+        "pod": pod,
+        **fields,
+    }
+
+
+async def ensure_stream(nc: Client, *, max_age: float, max_bytes: int) -> None:
+    """Create the audit stream, or bring its limits to the configured ones."""
+    js = nc.jetstream()
+    config = StreamConfig(
+        name=STREAM,
+        subjects=[f"{SUBJECT_ROOT}.>"],
+        storage=StorageType.FILE,
+        max_age=max_age,
+        max_bytes=max_bytes,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=120.0,
+    )
+    try:
+        await js.add_stream(config)
+    except Exception:
+        await js.update_stream(config)
+
+
+class AuditLog:
+    def __init__(self, service: str, log: Any) -> None:
+        self.service = service
+        self.log = log
+        self.dropped = 0
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_LIMIT)
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, kind: str, **fields: Any) -> dict[str, Any]:
+        event = make_event(self.service, kind, **fields)
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1  # never wait: the data plane and admission come first
+        return event
+
+    def start(self, nc: Client) -> None:
+        self._task = asyncio.create_task(self._drain(nc))
+
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Flush what is queued (briefly), then stop."""
+        deadline = time.monotonic() + timeout
+        while not self._queue.empty() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _drain(self, nc: Client) -> None:
+        js = nc.jetstream()
+        while True:
+            event = await self._queue.get()
+            subject = audit_subject(self.service, event["kind"])
+            payload = codec.encode(event)
+            delay = 0.2
+            while True:
+                try:
+                    await js.publish(
+                        subject, payload, headers={"Nats-Msg-Id": event["id"]}, timeout=2
+                    )
+                    break
+                except Exception as exc:
+                    # Keep the event and retry; the id makes a duplicate harmless.
+                    self.log.warning("audit_publish_failed", kind=event["kind"], error=str(exc))
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)

@@ -1,0 +1,99 @@
+"""The template-watcher's output: renderings and namespace asks in JetStream KV,
+failures on a subject of their own, and everything in the audit trail."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from chaosbus import codec
+from chaosbus.audit import AuditLog
+from chaosbus.injection import (
+    NAMESPACES_BUCKET,
+    RENDER_ERRORS_SUBJECT,
+    RENDERINGS_BUCKET,
+    Rendering,
+)
+from chaosbus.subjects import decode_token, encode_token
+
+
+async def open_bucket(nc: Client, name: str) -> KeyValue:
+    js = nc.jetstream()
+    try:
+        return await js.key_value(name)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE)
+        )
+
+
+class KVStore:
+    def __init__(self, nc: Client, audit: AuditLog, log: Any) -> None:
+        self.nc = nc
+        self.audit = audit
+        self.log = log
+        self.renderings: KeyValue | None = None
+        self.namespaces: KeyValue | None = None
+
+    async def open(self) -> tuple[dict[str, Rendering], dict[str, dict[str, str]]]:
+        """Open (or create) the buckets and return what they already hold."""
+        self.renderings = await open_bucket(self.nc, RENDERINGS_BUCKET)
+        self.namespaces = await open_bucket(self.nc, NAMESPACES_BUCKET)
+        renderings: dict[str, Rendering] = {}
+        for key, value in (await _contents(self.renderings)).items():
+            try:
+                renderings[key] = Rendering.from_wire(codec.decode(value, limit=1 << 24))
+            except (ValueError, KeyError) as exc:
+                self.log.warning("stored_rendering_unreadable", key=key, error=str(exc))
+        namespaces = {}
+        for key, value in (await _contents(self.namespaces)).items():
+            with contextlib.suppress(ValueError, KeyError):
+                namespaces[decode_token(key)] = codec.decode(value, limit=1 << 24)["annotations"]
+        return renderings, namespaces
+
+    async def put_rendering(self, key: str, rendering: Rendering) -> None:
+        assert self.renderings is not None
+        await self.renderings.put(key, codec.encode(rendering.to_wire()))
+
+    async def delete_rendering(self, key: str) -> None:
+        assert self.renderings is not None
+        await self.renderings.delete(key)
+
+    async def put_namespace(self, name: str, annotations: dict[str, str]) -> None:
+        assert self.namespaces is not None
+        await self.namespaces.put(encode_token(name), codec.encode({"annotations": annotations}))
+
+    async def delete_namespace(self, name: str) -> None:
+        assert self.namespaces is not None
+        await self.namespaces.delete(encode_token(name))
+
+    async def report(self, kind: str, **fields: Any) -> None:
+        self.audit.record(kind, **fields)
+        if kind == "template.failed":
+            event = {"kind": kind, "time": time.time(), **fields}
+            try:
+                await self.nc.publish(RENDER_ERRORS_SUBJECT, codec.encode(event))
+            except Exception as exc:
+                self.log.warning("error_event_failed", error=str(exc))
+
+
+async def _contents(bucket: KeyValue) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    try:
+        keys = await bucket.keys()
+    except Exception:  # nats-py raises NoKeysError on an empty bucket
+        return out
+    for key in keys:
+        try:
+            entry = await bucket.get(key)
+        except KeyNotFoundError:
+            continue
+        if entry.value is not None:
+            out[key] = entry.value
+    return out
