@@ -1,0 +1,190 @@
+"""chaos-template-watcher with a dir source, a real nats-server and the seed's ConfigMaps."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import nats
+import pytest
+import yaml
+
+from chaosbus import codec
+from chaosbus.injection import NAMESPACES_BUCKET, RENDERINGS_BUCKET, Rendering, rendering_key
+from conftest import BIN, wait_for
+
+SEED = Path(__file__).parent / "fixtures" / "seed"
+TIKV = rendering_key("chaos-testing", "chaosfs-tikv")
+PD = rendering_key("chaos-testing", "chaosfs-pd")
+
+
+async def _kv(url: str, bucket: str) -> dict[str, bytes]:
+    nc = await nats.connect(url)
+    try:
+        kv = await nc.jetstream().key_value(bucket)
+        try:
+            keys = await kv.keys()
+        except Exception:
+            return {}
+        return {k: (await kv.get(k)).value for k in keys}
+    except Exception:
+        return {}
+    finally:
+        await nc.close()
+
+
+def renderings(url: str) -> dict[str, Rendering]:
+    raw = asyncio.run(_kv(url, RENDERINGS_BUCKET))
+    return {k: Rendering.from_wire(codec.decode(v, limit=1 << 24)) for k, v in raw.items()}
+
+
+class Watcher:
+    def __init__(self, folder: Path, url: str, log: Path) -> None:
+        self.folder, self.url, self.log = folder, url, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "chaos-template-watcher"),
+                "--source",
+                f"dir:{self.folder}",
+                "--namespace",
+                "chaos-testing",
+                "--nats",
+                self.url,
+            ],
+            stderr=open(self.log, "ab"),  # noqa: SIM115
+        )
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def watcher(tmp_path, nats_server):
+    folder = tmp_path / "configmaps"
+    folder.mkdir()
+    for name in ("chaosfs-sidecar.yaml", "tikv-configmap.yaml", "pd-configmap.yaml"):
+        shutil.copy(SEED / name, folder / name)
+    w = Watcher(folder, nats_server.url, tmp_path / "watcher.log")
+    w.start()
+    yield w
+    w.stop()
+
+
+def test_seed_configmaps_are_rendered_and_published(watcher):
+    got = wait_for(
+        lambda: renderings(watcher.url) if len(renderings(watcher.url)) == 2 else None,
+        what="both renderings",
+    )
+    tikv = got[TIKV]
+    assert tikv.template == "chaosfs-sidecar"
+    assert tikv.selector == {"labelSelectors": {"app.kubernetes.io/component": "tikv"}}
+    spec = tikv.spec
+    assert spec["initContainers"][0]["command"] == [
+        "sh",
+        "-c",
+        "/scripts/init.sh -d /var/lib/tikv/data -f /var/lib/tikv/fuse-data",
+    ]
+    sidecar = spec["containers"][0]
+    assert "-original=/var/lib/tikv/fuse-data" in sidecar["command"]
+    assert "-mountpoint=/var/lib/tikv/data" in sidecar["command"]
+    assert sidecar["volumeMounts"][0] == {
+        "name": "tikv",
+        "mountPath": "/var/lib/tikv",
+        "mountPropagation": "Bidirectional",
+    }
+    assert spec["volumeMounts"][0]["mountPropagation"] == "HostToContainer"
+    assert spec["postStart"] == {"tikv": {"command": ["/tmp/scripts/wait-fuse.sh"]}}
+    assert got[PD].spec["postStart"] == {"pd": {"command": ["/tmp/scripts/wait-fuse.sh"]}}
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_edits_deletions_and_broken_templates(watcher):
+    wait_for(lambda: len(renderings(watcher.url)) == 2, what="renderings")
+    template = watcher.folder / "chaosfs-sidecar.yaml"
+
+    # An edit reaches the bucket within a second or two.
+    started = time.monotonic()
+    _edit(template, "pingcap/chaos-fs:v0.9.1", "chaosbus/chaosfs:dev")
+    wait_for(
+        lambda: (
+            renderings(watcher.url)[TIKV].spec["containers"][0]["image"] == "chaosbus/chaosfs:dev"
+        ),
+        what="the edited rendering",
+    )
+    assert time.monotonic() - started < 2
+
+    # A broken template leaves the last good rendering in force.
+    _edit(template, "{{.DataPath}}", "{{.DataPath")
+    time.sleep(0.6)
+    assert renderings(watcher.url)[TIKV].spec["containers"][0]["image"] == "chaosbus/chaosfs:dev"
+    assert "render_failed" in watcher.log.read_text()
+
+    # A config whose argument would inject YAML is refused, the old rendering stays.
+    _edit(template, "{{.DataPath", "{{.DataPath}}")
+    _edit(watcher.folder / "pd-configmap.yaml", '"/var/lib/pd/data"', '"/x\\nevil: true"')
+    time.sleep(0.6)
+    assert renderings(watcher.url)[PD].spec["containers"][0]["image"] == "chaosbus/chaosfs:dev"
+    assert "DataPath" in watcher.log.read_text()
+
+    # A deleted config takes its rendering with it; so does a deleted template.
+    (watcher.folder / "pd-configmap.yaml").unlink()
+    wait_for(lambda: set(renderings(watcher.url)) == {TIKV}, what="pd's rendering removed")
+    template.unlink()
+    wait_for(lambda: renderings(watcher.url) == {}, what="every rendering removed")
+
+
+def test_namespace_asks_are_mirrored(watcher):
+    (watcher.folder / "ns.yaml").write_text(
+        yaml.safe_dump_all(
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {
+                        "name": "tikv",
+                        "annotations": {
+                            "admission-webhook.chaos-mesh.org/init-request": "chaosfs-tikv",
+                            "other": "x",
+                        },
+                    },
+                },
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "plain"}},
+            ]
+        )
+    )
+
+    def mirrored():
+        raw = asyncio.run(_kv(watcher.url, NAMESPACES_BUCKET))
+        return {k: codec.decode(v)["annotations"] for k, v in raw.items()}
+
+    wait_for(
+        lambda: (
+            mirrored()
+            == {"tikv": {"admission-webhook.chaos-mesh.org/init-request": "chaosfs-tikv"}}
+        ),
+        what="namespace annotations in KV",
+    )
+
+
+def test_restart_keeps_renderings_until_the_sources_are_listed(watcher):
+    wait_for(lambda: len(renderings(watcher.url)) == 2, what="renderings")
+    watcher.stop()
+    (watcher.folder / "pd-configmap.yaml").unlink()  # deleted while the watcher was down
+    before = renderings(watcher.url)
+    assert set(before) == {TIKV, PD}
+    watcher.start()
+    wait_for(lambda: set(renderings(watcher.url)) == {TIKV}, what="the stale rendering removed")
+    assert renderings(watcher.url)[TIKV].rendered_at == before[TIKV].rendered_at  # not rewritten
