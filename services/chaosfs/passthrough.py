@@ -28,6 +28,14 @@ AT_FDCWD = -100
 _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_DIRECT
 
 
+def _privileges(mode: int) -> int:
+    """The bits a write by an unprivileged user clears, as the kernel does."""
+    bits = mode & stat.S_ISUID
+    if mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP:
+        bits |= stat.S_ISGID
+    return bits
+
+
 class DirHandle:
     __slots__ = ("fd", "inode", "names")
 
@@ -56,6 +64,7 @@ class ChaosOperations(pyfuse3.Operations):
         self.timeout = cache_timeout
         self.files: dict[int, Inode] = {}
         self.dirs: dict[int, DirHandle] = {}
+        self.kill_privs: set[int] = set()  # file handles, see _note_privileges
 
     # --- helpers --------------------------------------------------------------
 
@@ -86,10 +95,17 @@ class ChaosOperations(pyfuse3.Operations):
             gid = parent_st.st_gid
         return ctx.uid, gid
 
-    def _new_entry(self, parent: Inode, name: bytes, ctx: RequestContext) -> EntryAttributes:
-        """Give a just-created ``parent/name`` to the caller and hand it to the kernel."""
+    def _new_entry(
+        self, parent: Inode, name: bytes, ctx: RequestContext, mode: int = 0
+    ) -> EntryAttributes:
+        """Give a just-created ``parent/name`` to the caller and hand it to the kernel.
+
+        ``mode``: what mknod asked for, whose setuid/setgid bits chown cleared.
+        """
         uid, gid = self._owner(parent, ctx)
         os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+        if mode & (stat.S_ISUID | stat.S_ISGID):
+            os.chmod(name, stat.S_IMODE(mode), dir_fd=parent.fd)  # never a symlink
         st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         inode = self.table.attach(parent, name, st)
         inode.lookups += 1
@@ -170,8 +186,10 @@ class ChaosOperations(pyfuse3.Operations):
             if fields.update_uid or fields.update_gid:
                 uid = attr.st_uid if fields.update_uid else -1
                 gid = attr.st_gid if fields.update_gid else -1
-                if node.is_symlink and node.parent is not None:
-                    os.chown(node.name, uid, gid, dir_fd=node.parent.fd, follow_symlinks=False)
+                if node.is_symlink:
+                    # By the link's own descriptor: its last known name may belong to
+                    # another file by now (a rename over it, or an unlink and re-create).
+                    sysio.lchown_fd(node.fd, uid, gid)
                 else:
                     os.chown(node.proc, uid, gid)
             if fields.update_mode and not node.is_symlink:
@@ -180,13 +198,24 @@ class ChaosOperations(pyfuse3.Operations):
             if fields.update_atime or fields.update_mtime:
                 atime = attr.st_atime_ns if fields.update_atime else None
                 mtime = attr.st_mtime_ns if fields.update_mtime else None
-                if node.is_symlink and node.parent is not None:
-                    sysio.utimensat(node.parent.fd, node.name, atime, mtime, follow=False)
+                if node.is_symlink:
+                    self._lutimens(node, atime, mtime)
                 else:
                     sysio.utimensat(AT_FDCWD, node.proc.encode(), atime, mtime, follow=True)
             return self._entry(node, os.stat(node.fd))
         except OSError as exc:
             raise FUSEError(exc.errno) from None
+
+    @staticmethod
+    def _lutimens(node: Inode, atime: int | None, mtime: int | None) -> None:
+        try:
+            # By the link's own descriptor, as for chown above.
+            sysio.utimensat(node.fd, b"", atime, mtime, follow=False)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or node.parent is None:
+                raise
+            # A kernel before 5.8 has no AT_EMPTY_PATH for utimensat: go by name.
+            sysio.utimensat(node.parent.fd, node.name, atime, mtime, follow=False)
 
     async def readlink(self, inode: int, ctx: RequestContext) -> bytes:
         node = self._inode(inode)
@@ -203,7 +232,7 @@ class ChaosOperations(pyfuse3.Operations):
         await self._check_path("mknod", parent, name)
         try:
             os.mknod(name, mode, rdev, dir_fd=parent.fd)
-            return self._new_entry(parent, name, ctx)
+            return self._new_entry(parent, name, ctx, mode)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
 
@@ -294,16 +323,32 @@ class ChaosOperations(pyfuse3.Operations):
 
     # --- files ----------------------------------------------------------------
 
-    def _file_info(self, fd: int, inode: Inode, flags: int) -> FileInfo:
+    def _file_info(self, fd: int, inode: Inode, ctx: RequestContext) -> FileInfo:
         info = FileInfo(fh=fd)
-        if flags & os.O_DIRECT or self.faults.reads_faulted(inode):
-            # Every read must reach us: for O_DIRECT callers, and while a read
-            # fault covers this file (the page cache would hide it).
+        # O_DIRECT needs no direct_io here: the kernel sends O_DIRECT I/O to us
+        # anyway, and only its own O_DIRECT path clears setuid/setgid on a write by
+        # an unprivileged user (a direct_io write leaves that to the daemon).
+        if self.faults.reads_faulted(inode):
+            # Every read must reach us while a read fault covers this file (the
+            # page cache would hide it).
             info.direct_io = True
+            if ctx.uid != 0:
+                self._note_privileges(fd)
         else:
             info.keep_cache = True  # we are the only writer, so cached pages stay true
         self.files[fd] = inode
         return info
+
+    def _note_privileges(self, fd: int) -> None:
+        """Remember a direct_io handle whose first write must clear setuid/setgid.
+
+        The kernel leaves that to the daemon for direct_io writes, and pyfuse3 does
+        not pass on its FUSE_WRITE_KILL_SUIDGID flag, so an unprivileged opener
+        stands in for "the writer lacks CAP_FSETID".
+        """
+        with contextlib.suppress(OSError):
+            if _privileges(os.fstat(fd).st_mode):
+                self.kill_privs.add(fd)
 
     async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
         node = self._inode(inode)
@@ -312,7 +357,7 @@ class ChaosOperations(pyfuse3.Operations):
             fd = os.open(node.proc, flags & ~_OPEN_STRIP)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
-        return self._file_info(fd, node, flags)
+        return self._file_info(fd, node, ctx)
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: RequestContext
@@ -335,7 +380,7 @@ class ChaosOperations(pyfuse3.Operations):
             os.close(fd)
             raise FUSEError(exc.errno) from None
         node.lookups += 1
-        return self._file_info(fd, node, flags), self._entry(node, st)
+        return self._file_info(fd, node, ctx), self._entry(node, st)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         decision = self.faults.for_inode("read", self.files[fh])
@@ -351,9 +396,15 @@ class ChaosOperations(pyfuse3.Operations):
         if decision is not None:
             await _inflict(decision)
         try:
-            return os.pwrite(fh, buf, off)
+            written = os.pwrite(fh, buf, off)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
+        if self.kill_privs and fh in self.kill_privs:
+            self.kill_privs.discard(fh)
+            with contextlib.suppress(OSError):
+                mode = os.fstat(fh).st_mode
+                os.fchmod(fh, stat.S_IMODE(mode) & ~_privileges(mode))
+        return written
 
     async def flush(self, fh: int) -> None:
         await self._check("flush", self.files[fh])
@@ -375,6 +426,7 @@ class ChaosOperations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         node = self.files.pop(fh)
+        self.kill_privs.discard(fh)
         try:
             # The kernel ignores release errors; a latency fault still holds close().
             await self._check("release", node)
@@ -404,17 +456,26 @@ class ChaosOperations(pyfuse3.Operations):
         except OSError as exc:
             raise FUSEError(exc.errno) from None
         names = handle.names
+        sent = False
         for index in range(start_id, len(names)):
             name = names[index]
             try:
                 st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
                 node = self.table.attach(parent, name, st)
-            except OSError:
+            except FileNotFoundError:
                 continue  # removed since the listing was taken
+            except OSError as exc:
+                # Never skip a name that exists: a listing silently missing entries
+                # (EMFILE once every descriptor holds an inode) is worse than an error.
+                # End this batch; the kernel asks again from here and gets the error.
+                if sent:
+                    return
+                raise FUSEError(exc.errno) from None
             if not pyfuse3.readdir_reply(token, name, self._entry(node, st), index + 1):
                 self.table.drop_if_unused(node)
                 return
             node.lookups += 1
+            sent = True
 
     async def releasedir(self, fh: int) -> None:
         handle = self.dirs.pop(fh)
@@ -456,11 +517,20 @@ class ChaosOperations(pyfuse3.Operations):
             return not (mode & os.X_OK) or bool(st.st_mode & 0o111) or node.is_dir
         if st.st_uid == ctx.uid:
             bits = (st.st_mode >> 6) & 7
-        elif st.st_gid == ctx.gid or st.st_gid in pyfuse3.get_sup_groups(ctx.pid):
+        elif st.st_gid == ctx.gid or st.st_gid in self._groups(ctx.pid):
             bits = (st.st_mode >> 3) & 7
         else:
             bits = st.st_mode & 7
         return mode & bits == mode
+
+    @staticmethod
+    def _groups(pid: int) -> set[int]:
+        try:
+            return pyfuse3.get_sup_groups(pid)
+        except (OSError, ValueError, RuntimeError):
+            # The caller is gone (its /proc entry with it): an uncaught error in a
+            # handler would end the FUSE loop, and so the mount.
+            return set()
 
     # --- extended attributes ----------------------------------------------------
 

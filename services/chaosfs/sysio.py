@@ -20,6 +20,8 @@ class _Timespec(ctypes.Structure):
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
                             ctypes.c_uint]  # fmt: skip
 _libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
+_libc.fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
+                           ctypes.c_int]  # fmt: skip
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 MNT_DETACH = 2
@@ -43,10 +45,25 @@ def _spec(ns: int | None) -> _Timespec:
 
 def utimensat(dir_fd: int, name: bytes, atime_ns: int | None, mtime_ns: int | None,
               *, follow: bool) -> None:  # fmt: skip
-    """Set either or both times; ``None`` leaves that time untouched (UTIME_OMIT)."""
+    """Set either or both times; ``None`` leaves that time untouched (UTIME_OMIT).
+
+    An empty ``name`` means ``dir_fd`` itself (AT_EMPTY_PATH; Linux 5.8 or later
+    for utimensat), which may be an O_PATH descriptor on a symlink.
+    """
     times = (_Timespec * 2)(_spec(atime_ns), _spec(mtime_ns))
     flags = 0 if follow else AT_SYMLINK_NOFOLLOW
+    if not name:
+        flags |= AT_EMPTY_PATH
     _check(_libc.utimensat(dir_fd, name, times, flags), "utimensat")
+
+
+def lchown_fd(fd: int, uid: int, gid: int) -> None:
+    """chown the very inode ``fd`` (an O_PATH descriptor) stands for, never following it.
+
+    ``-1`` leaves that id unchanged, as for chown(2).
+    """
+    flags = AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW
+    _check(_libc.fchownat(fd, b"", uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, flags), "fchownat")
 
 
 def lazy_unmount(path: str) -> None:
