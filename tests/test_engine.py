@@ -64,8 +64,6 @@ def test_attr_kind_and_ino(sidecar):
         "kind=fifo,ino=4242",
         "--path",
         "k",
-        "--methods",
-        "getattr",
     )
     seen = os.stat(target)
     assert seen.st_ino == 4242
@@ -485,6 +483,7 @@ BAD_RULES = [
     ({"action": "errno", "errno": "EIO", "dry_run": "yes"}, "dry_run must be true or false"),
     ({"action": "errno", "errno": "EIO", "quota": 5}, "quota only applies"),
     ({"action": "latency", "delay": 1, "filling": "zero"}, "filling only applies"),
+    ({"action": "attr", "attr": {"kind": "dir"}, "methods": ["getattr"]}, "needs the lookup"),
 ]
 
 

@@ -341,6 +341,11 @@ class FaultRule:
                     f"action {action} cannot apply to {', '.join(wrong)}; "
                     f"it applies to {', '.join(sorted(allowed[0]))}"
                 )
+        if action == "attr" and "kind" in dict(fields["attrs"]) and "lookup" not in methods:
+            raise RuleError(
+                "attr kind needs the lookup method: the kernel learns a file's kind "
+                "only when it looks the name up"
+            )
         fields["methods"] = methods
 
         path = data.get("path", "**")

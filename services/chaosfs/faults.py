@@ -51,12 +51,14 @@ class RuleSet:
     rules: tuple[FaultRule, ...] = ()
     by_method: dict[str, tuple[FaultRule, ...]] = field(default_factory=dict)
     quotas: tuple[FaultRule, ...] = ()
+    attr_rules: tuple[FaultRule, ...] = ()
 
     @classmethod
     def build(cls, version: int, rules: tuple[FaultRule, ...]) -> RuleSet:
         by_method = {m: tuple(r for r in rules if r.applies_to(m)) for m in METHODS}
         quotas = tuple(r for r in rules if r.action == "enospc" and not r.dry_run)
-        return cls(version, rules, {m: rs for m, rs in by_method.items() if rs}, quotas)
+        attr_rules = tuple(r for r in rules if r.action == "attr" and not r.dry_run)
+        return cls(version, rules, {m: rs for m, rs in by_method.items() if rs}, quotas, attr_rules)
 
 
 class Decision:
@@ -165,6 +167,11 @@ class FaultEngine:
             return False
         path = self.table.path(inode)
         return any(r.path_regex.match(path) for r in candidates)
+
+    def attrs_faulted(self, inode: Inode) -> bool:
+        """Whether an attr rule covers this inode, so the kernel must not cache its attributes."""
+        path = self.table.path(inode)
+        return any(r.path_regex.match(path) for r in self.rules.attr_rules)
 
     def quota_free(self) -> int | None:
         """Bytes left under the tightest quota in force, for statfs; None if none."""

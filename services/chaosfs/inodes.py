@@ -23,7 +23,18 @@ _SYNTHETIC_BASE = 1 << 62
 
 
 class Inode:
-    __slots__ = ("fd", "id", "is_dir", "is_symlink", "key", "lookups", "match", "name", "parent")
+    __slots__ = (
+        "fd",
+        "id",
+        "is_dir",
+        "is_symlink",
+        "key",
+        "lookups",
+        "match",
+        "name",
+        "parent",
+        "shown_kind",
+    )
 
     def __init__(self, node_id: int, fd: int, key: tuple[int, int], mode: int) -> None:
         self.id = node_id
@@ -36,6 +47,10 @@ class Inode:
         self.is_symlink = stat.S_ISLNK(mode)
         # (rules version, topology generation, {method: rules}) for the fault engine.
         self.match: tuple[int, int, dict[str, tuple]] | None = None
+        # The file type an attr rule made the kernel believe (0: the real one). The
+        # kernel accepts a type only from a lookup and fails any later reply that
+        # disagrees, so every reply for this inode must show the same.
+        self.shown_kind = 0
 
     @property
     def proc(self) -> str:

@@ -36,6 +36,18 @@ def _privileges(mode: int) -> int:
     return bits
 
 
+class FileHandle:
+    """An open file. FUSE does not say who reads or writes, so the opener stands in."""
+
+    __slots__ = ("direct", "inode", "pid", "uid")
+
+    def __init__(self, inode: Inode, pid: int, uid: int, direct: bool) -> None:
+        self.inode = inode
+        self.pid = pid
+        self.uid = uid
+        self.direct = direct  # bypasses the page cache: short reads reach the caller
+
+
 class DirHandle:
     __slots__ = ("fd", "inode", "names")
 
@@ -52,6 +64,49 @@ async def _inflict(decision: Decision) -> None:
         raise FUSEError(decision.errno)
 
 
+_ATTR_SETTERS = {
+    "size": "st_size",
+    "uid": "st_uid",
+    "gid": "st_gid",
+    "nlink": "st_nlink",
+    "blocks": "st_blocks",
+    "rdev": "st_rdev",
+    "atime": "st_atime_ns",
+    "mtime": "st_mtime_ns",
+    "ctime": "st_ctime_ns",
+}
+
+
+def _override(entry: EntryAttributes, attrs: list[tuple[str, int]], *, node_id: bool) -> None:
+    """Show the kernel the attributes an attr rule dictates.
+
+    ``node_id``: the reply is a getattr's, whose inode number is only displayed;
+    in a lookup's it is the node id itself and must stay.
+    """
+    for name, value in attrs:
+        if name == "mode":
+            entry.st_mode = stat.S_IFMT(entry.st_mode) | value
+        elif name == "kind":
+            # The kernel takes a new file type only from a lookup (a getattr that
+            # changed it would make the inode bad, EIO); see Inode.shown_kind.
+            if not node_id:
+                entry.st_mode = value | stat.S_IMODE(entry.st_mode)
+        elif name == "ino":
+            if node_id:
+                entry.st_ino = value
+        else:
+            setattr(entry, _ATTR_SETTERS[name], value)
+
+
+def _charge_truncate(decision: Decision, size_before: int, size_after: int) -> None:
+    growth = max(0, size_after - size_before)
+    if growth > decision.quota_left():
+        decision.charge(0, refused=True)
+        assert decision.quota is not None
+        raise FUSEError(decision.quota[0].errnos[0])
+    decision.charge(growth, refused=False)
+
+
 class ChaosOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False  # writes must reach us to be faulted
@@ -62,7 +117,7 @@ class ChaosOperations(pyfuse3.Operations):
         self.table = table
         self.faults = faults
         self.timeout = cache_timeout
-        self.files: dict[int, Inode] = {}
+        self.files: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self.kill_privs: set[int] = set()  # file handles, see _note_privileges
 
@@ -74,7 +129,11 @@ class ChaosOperations(pyfuse3.Operations):
         entry.generation = 0
         entry.entry_timeout = self.timeout
         entry.attr_timeout = self.timeout
+        if self.faults.rules.attr_rules and self.faults.attrs_faulted(inode):
+            entry.attr_timeout = 0  # every stat must ask us while attr rules cover it
         entry.st_mode = st.st_mode
+        if inode.shown_kind:
+            entry.st_mode = inode.shown_kind | stat.S_IMODE(st.st_mode)
         entry.st_nlink = st.st_nlink
         entry.st_uid = st.st_uid
         entry.st_gid = st.st_gid
@@ -111,15 +170,24 @@ class ChaosOperations(pyfuse3.Operations):
         inode.lookups += 1
         return self._entry(inode, st)
 
-    async def _check_path(self, method: str, parent: Inode, name: bytes) -> None:
-        decision = self.faults.for_path(method, parent, name)
+    async def _check_path(
+        self, method: str, parent: Inode, name: bytes, ctx: RequestContext
+    ) -> None:
+        decision = self.faults.for_path(method, parent, name, ctx.pid, ctx.uid)
         if decision is not None:
             await _inflict(decision)
 
-    async def _check(self, method: str, inode: Inode) -> None:
-        decision = self.faults.for_inode(method, inode)
+    async def _check(
+        self, method: str, inode: Inode, ctx: RequestContext | FileHandle | None = None
+    ) -> Decision | None:
+        """Apply a rule's delay and errno; return the decision for what remains."""
+        if ctx is None:
+            decision = self.faults.for_inode(method, inode)
+        else:
+            decision = self.faults.for_inode(method, inode, ctx.pid, ctx.uid)
         if decision is not None:
             await _inflict(decision)
+        return decision
 
     def _inode(self, node_id: int) -> Inode:
         try:
@@ -131,7 +199,7 @@ class ChaosOperations(pyfuse3.Operations):
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
         parent = self._inode(parent_inode)
-        await self._check_path("lookup", parent, name)
+        await self._check_path("lookup", parent, name, ctx)
         try:
             st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
             inode = self.table.attach(parent, name, st)
@@ -145,6 +213,16 @@ class ChaosOperations(pyfuse3.Operations):
         except OSError as exc:
             raise FUSEError(exc.errno) from None
         inode.lookups += 1
+        if inode.shown_kind or self.faults.rules.attr_rules:
+            # A lookup is where the kernel learns (or unlearns) a pretended file type.
+            inode.shown_kind = 0
+            entry = self._entry(inode, st)
+            decision = self.faults.for_inode("lookup", inode, ctx.pid, ctx.uid)
+            if decision is not None and decision.attrs:
+                _override(entry, decision.attrs, node_id=False)
+                if stat.S_IFMT(entry.st_mode) != stat.S_IFMT(st.st_mode):
+                    inode.shown_kind = stat.S_IFMT(entry.st_mode)
+            return entry
         return self._entry(inode, st)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -154,11 +232,15 @@ class ChaosOperations(pyfuse3.Operations):
 
     async def getattr(self, inode: int, ctx: RequestContext) -> EntryAttributes:
         node = self._inode(inode)
-        await self._check("getattr", node)
+        decision = await self._check("getattr", node, ctx)
         try:
-            return self._entry(node, os.stat(node.fd))
+            entry = self._entry(node, os.stat(node.fd))
         except OSError as exc:
             raise FUSEError(exc.errno) from None
+        if decision is not None and decision.attrs:
+            # A getattr reply's inode number is only shown, never used as a node id.
+            _override(entry, decision.attrs, node_id=True)
+        return entry
 
     async def setattr(
         self,
@@ -169,15 +251,20 @@ class ChaosOperations(pyfuse3.Operations):
         ctx: RequestContext,
     ) -> EntryAttributes:
         node = self._inode(inode)
+        growth = None
         if fields.update_size:
-            await self._check("truncate", node)
+            decision = await self._check("truncate", node, ctx)
+            if decision is not None and decision.quota is not None:
+                growth = decision
         if fields.update_mode:
-            await self._check("chmod", node)
+            await self._check("chmod", node, ctx)
         if fields.update_uid or fields.update_gid:
-            await self._check("chown", node)
+            await self._check("chown", node, ctx)
         if fields.update_atime or fields.update_mtime:
-            await self._check("utimens", node)
+            await self._check("utimens", node, ctx)
         try:
+            if growth is not None:
+                _charge_truncate(growth, os.stat(node.fd).st_size, attr.st_size)
             if fields.update_size:
                 if fh is not None:
                     os.ftruncate(fh, attr.st_size)
@@ -219,7 +306,7 @@ class ChaosOperations(pyfuse3.Operations):
 
     async def readlink(self, inode: int, ctx: RequestContext) -> bytes:
         node = self._inode(inode)
-        await self._check("readlink", node)
+        await self._check("readlink", node, ctx)
         try:
             return os.readlink(b"", dir_fd=node.fd)
         except OSError as exc:
@@ -229,7 +316,7 @@ class ChaosOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: RequestContext
     ) -> EntryAttributes:
         parent = self._inode(parent_inode)
-        await self._check_path("mknod", parent, name)
+        await self._check_path("mknod", parent, name, ctx)
         try:
             os.mknod(name, mode, rdev, dir_fd=parent.fd)
             return self._new_entry(parent, name, ctx, mode)
@@ -240,7 +327,7 @@ class ChaosOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: RequestContext
     ) -> EntryAttributes:
         parent = self._inode(parent_inode)
-        await self._check_path("mkdir", parent, name)
+        await self._check_path("mkdir", parent, name, ctx)
         try:
             os.mkdir(name, mode, dir_fd=parent.fd)
             return self._new_entry(parent, name, ctx)
@@ -251,7 +338,7 @@ class ChaosOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, target: bytes, ctx: RequestContext
     ) -> EntryAttributes:
         parent = self._inode(parent_inode)
-        await self._check_path("symlink", parent, name)
+        await self._check_path("symlink", parent, name, ctx)
         try:
             os.symlink(target, name, dir_fd=parent.fd)
             return self._new_entry(parent, name, ctx)
@@ -260,7 +347,7 @@ class ChaosOperations(pyfuse3.Operations):
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         parent = self._inode(parent_inode)
-        await self._check_path("unlink", parent, name)
+        await self._check_path("unlink", parent, name, ctx)
         try:
             os.unlink(name, dir_fd=parent.fd)
         except OSError as exc:
@@ -268,7 +355,7 @@ class ChaosOperations(pyfuse3.Operations):
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         parent = self._inode(parent_inode)
-        await self._check_path("rmdir", parent, name)
+        await self._check_path("rmdir", parent, name, ctx)
         try:
             os.rmdir(name, dir_fd=parent.fd)
         except OSError as exc:
@@ -285,7 +372,7 @@ class ChaosOperations(pyfuse3.Operations):
     ) -> None:
         old_parent = self._inode(parent_inode_old)
         new_parent = self._inode(parent_inode_new)
-        await self._check_path("rename", old_parent, name_old)
+        await self._check_path("rename", old_parent, name_old, ctx)
         try:
             if flags:
                 sysio.renameat2(old_parent.fd, name_old, new_parent.fd, name_new, flags)
@@ -312,7 +399,7 @@ class ChaosOperations(pyfuse3.Operations):
     ) -> EntryAttributes:
         node = self._inode(inode)
         parent = self._inode(new_parent_inode)
-        await self._check_path("link", parent, new_name)
+        await self._check_path("link", parent, new_name, ctx)
         try:
             os.link(node.proc, new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
             st = os.stat(node.fd)
@@ -328,7 +415,8 @@ class ChaosOperations(pyfuse3.Operations):
         # O_DIRECT needs no direct_io here: the kernel sends O_DIRECT I/O to us
         # anyway, and only its own O_DIRECT path clears setuid/setgid on a write by
         # an unprivileged user (a direct_io write leaves that to the daemon).
-        if self.faults.reads_faulted(inode):
+        direct = self.faults.reads_faulted(inode)
+        if direct:
             # Every read must reach us while a read fault covers this file (the
             # page cache would hide it).
             info.direct_io = True
@@ -336,7 +424,7 @@ class ChaosOperations(pyfuse3.Operations):
                 self._note_privileges(fd)
         else:
             info.keep_cache = True  # we are the only writer, so cached pages stay true
-        self.files[fd] = inode
+        self.files[fd] = FileHandle(inode, ctx.pid, ctx.uid, direct)
         return info
 
     def _note_privileges(self, fd: int) -> None:
@@ -352,7 +440,7 @@ class ChaosOperations(pyfuse3.Operations):
 
     async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
         node = self._inode(inode)
-        await self._check("open", node)
+        await self._check("open", node, ctx)
         try:
             fd = os.open(node.proc, flags & ~_OPEN_STRIP)
         except OSError as exc:
@@ -363,7 +451,7 @@ class ChaosOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: RequestContext
     ) -> tuple[FileInfo, EntryAttributes]:
         parent = self._inode(parent_inode)
-        await self._check_path("create", parent, name)
+        await self._check_path("create", parent, name, ctx)
         try:
             fd = os.open(name, (flags & ~_OPEN_STRIP) | os.O_CREAT | os.O_EXCL, mode,
                          dir_fd=parent.fd)  # fmt: skip
@@ -383,31 +471,72 @@ class ChaosOperations(pyfuse3.Operations):
         return self._file_info(fd, node, ctx), self._entry(node, st)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        decision = self.faults.for_inode("read", self.files[fh])
-        if decision is not None:
-            await _inflict(decision)
+        handle = self.files[fh]
+        decision = self.faults.for_inode("read", handle.inode, handle.pid, handle.uid)
+        if decision is None:
+            try:
+                return os.pread(fh, size, off)
+            except OSError as exc:
+                raise FUSEError(exc.errno) from None
+        await _inflict(decision)
+        if decision.short is not None and handle.direct:
+            # Through the page cache a short read would read as end of file.
+            size = decision.shorten(size)
         try:
-            return os.pread(fh, size, off)
+            data = os.pread(fh, size, off)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
+        return decision.corrupt(data) if decision.mistake is not None else data
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        decision = self.faults.for_inode("write", self.files[fh])
+        handle = self.files[fh]
+        decision = self.faults.for_inode("write", handle.inode, handle.pid, handle.uid)
         if decision is not None:
             await _inflict(decision)
+            return await self._faulted_write(fh, off, buf, decision)
         try:
             written = os.pwrite(fh, buf, off)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
+        self._after_write(fh)
+        return written
+
+    async def _faulted_write(self, fh: int, off: int, buf: bytes, decision: Decision) -> int:
+        try:
+            size_before = os.fstat(fh).st_size if decision.quota is not None else 0
+            refused = False
+            if decision.quota is not None:
+                # A virtual quota: the paths may grow by so many bytes, no more.
+                growth = max(0, off + len(buf) - size_before)
+                left = decision.quota_left()
+                if growth > left:
+                    refused = True
+                    buf = buf[: len(buf) - (growth - left)]
+                    if not buf:
+                        decision.charge(0, refused=True)
+                        raise FUSEError(decision.quota[0].errnos[0])
+            if decision.short is not None:
+                buf = buf[: decision.shorten(len(buf))]
+            if decision.mistake is not None:
+                buf = decision.corrupt(buf)
+            written = os.pwrite(fh, buf, off)
+            if decision.quota is not None:
+                decision.charge(max(0, off + written - size_before), refused=refused)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+        self._after_write(fh)
+        return written
+
+    def _after_write(self, fh: int) -> None:
         if self.kill_privs and fh in self.kill_privs:
             self.kill_privs.discard(fh)
             with contextlib.suppress(OSError):
                 mode = os.fstat(fh).st_mode
                 os.fchmod(fh, stat.S_IMODE(mode) & ~_privileges(mode))
-        return written
 
     async def flush(self, fh: int) -> None:
-        await self._check("flush", self.files[fh])
+        handle = self.files[fh]
+        await self._check("flush", handle.inode, handle)
         try:
             # What close() would report on the backing file (NFS-style deferred errors).
             os.close(os.dup(fh))
@@ -415,7 +544,8 @@ class ChaosOperations(pyfuse3.Operations):
             raise FUSEError(exc.errno) from None
 
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self._check("fsync", self.files[fh])
+        handle = self.files[fh]
+        await self._check("fsync", handle.inode, handle)
         try:
             if datasync:
                 os.fdatasync(fh)
@@ -425,11 +555,11 @@ class ChaosOperations(pyfuse3.Operations):
             raise FUSEError(exc.errno) from None
 
     async def release(self, fh: int) -> None:
-        node = self.files.pop(fh)
+        handle = self.files.pop(fh)
         self.kill_privs.discard(fh)
         try:
             # The kernel ignores release errors; a latency fault still holds close().
-            await self._check("release", node)
+            await self._check("release", handle.inode, handle)
         finally:
             with contextlib.suppress(OSError):
                 os.close(fh)
@@ -438,7 +568,7 @@ class ChaosOperations(pyfuse3.Operations):
 
     async def opendir(self, inode: int, ctx: RequestContext) -> int:
         node = self._inode(inode)
-        await self._check("opendir", node)
+        await self._check("opendir", node, ctx)
         try:
             fd = os.open(node.proc, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
@@ -494,7 +624,7 @@ class ChaosOperations(pyfuse3.Operations):
     # --- file system ----------------------------------------------------------
 
     async def statfs(self, ctx: RequestContext) -> pyfuse3.StatvfsData:
-        await self._check("statfs", self.table.root)
+        await self._check("statfs", self.table.root, ctx)
         try:
             sv = os.statvfs(self.table.root.fd)
         except OSError as exc:
@@ -503,12 +633,18 @@ class ChaosOperations(pyfuse3.Operations):
         for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
                      "f_ffree", "f_favail", "f_namemax"):  # fmt: skip
             setattr(data, name, getattr(sv, name))
+        quota_free = self.faults.quota_free()
+        if quota_free is not None:
+            # Free space that agrees with the tightest virtual quota in force.
+            blocks = quota_free // max(1, sv.f_frsize)
+            data.f_bfree = min(sv.f_bfree, blocks)
+            data.f_bavail = min(sv.f_bavail, blocks)
         return data
 
     async def access(self, inode: int, mode: int, ctx: RequestContext) -> bool:
         # With default_permissions the kernel checks access itself and rarely asks.
         node = self._inode(inode)
-        await self._check("access", node)
+        await self._check("access", node, ctx)
         try:
             st = os.stat(node.fd)
         except OSError as exc:
@@ -541,7 +677,7 @@ class ChaosOperations(pyfuse3.Operations):
 
     async def getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
         node = self._inode(inode)
-        await self._check("getxattr", node)
+        await self._check("getxattr", node, ctx)
         path, follow = self._xattr_path(node)
         try:
             return os.getxattr(path, name, follow_symlinks=follow)
@@ -550,7 +686,7 @@ class ChaosOperations(pyfuse3.Operations):
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: RequestContext) -> None:
         node = self._inode(inode)
-        await self._check("setxattr", node)
+        await self._check("setxattr", node, ctx)
         path, follow = self._xattr_path(node)
         try:
             os.setxattr(path, name, value, follow_symlinks=follow)
@@ -559,7 +695,7 @@ class ChaosOperations(pyfuse3.Operations):
 
     async def listxattr(self, inode: int, ctx: RequestContext) -> list[bytes]:
         node = self._inode(inode)
-        await self._check("listxattr", node)
+        await self._check("listxattr", node, ctx)
         path, follow = self._xattr_path(node)
         try:
             return [os.fsencode(n) for n in os.listxattr(path, follow_symlinks=follow)]
@@ -568,7 +704,7 @@ class ChaosOperations(pyfuse3.Operations):
 
     async def removexattr(self, inode: int, name: bytes, ctx: RequestContext) -> None:
         node = self._inode(inode)
-        await self._check("removexattr", node)
+        await self._check("removexattr", node, ctx)
         path, follow = self._xattr_path(node)
         try:
             os.removexattr(path, name, follow_symlinks=follow)
