@@ -188,3 +188,65 @@ def test_restart_keeps_renderings_until_the_sources_are_listed(watcher):
     watcher.start()
     wait_for(lambda: set(renderings(watcher.url)) == {TIKV}, what="the stale rendering removed")
     assert renderings(watcher.url)[TIKV].rendered_at == before[TIKV].rendered_at  # not rewritten
+
+
+def _seed_objects() -> list[dict]:
+    docs = []
+    for name in ("chaosfs-sidecar.yaml", "tikv-configmap.yaml", "pd-configmap.yaml"):
+        docs += [d for d in yaml.safe_load_all((SEED / name).read_text()) if d]
+    return docs
+
+
+def test_kubernetes_source_end_to_end(tmp_path, nats_server):
+    """The real watcher and kubernetes-asyncio against the stand-in API server:
+    a watch that ends, a 410 Gone that forces a relist, a deleted ConfigMap."""
+    from k8s_standin import run_in_thread
+
+    with run_in_thread() as kube:
+        kube.create_namespace("chaos-testing")
+        for doc in _seed_objects():
+            meta = doc["metadata"]
+            kube.create_configmap(
+                meta["namespace"], meta["name"], doc["data"], labels=meta.get("labels")
+            )
+        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+        proc = subprocess.Popen(
+            [
+                str(BIN / "chaos-template-watcher"),
+                "--source",
+                "kubernetes",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--namespace",
+                "chaos-testing",
+                "--nats",
+                nats_server.url,
+            ],
+            stderr=open(tmp_path / "watcher.log", "ab"),  # noqa: SIM115
+        )
+        try:
+            wait_for(lambda: set(renderings(nats_server.url)) == {TIKV, PD}, what="renderings")
+
+            kube.end_watches()  # watches end (timeoutSeconds); the watcher resumes
+            template = _seed_objects()[0]["data"]["data"].replace("v0.9.1", "v9")
+            kube.update_configmap("chaos-testing", "chaosfs-sidecar", {"data": template})
+            wait_for(
+                lambda: (
+                    renderings(nats_server.url)[TIKV].spec["containers"][0]["image"]
+                    == "pingcap/chaos-fs:v9"
+                ),
+                what="the edit after a resumed watch",
+            )
+
+            lists_before = len(kube.lists("configmaps"))
+            kube.end_watches(abrupt=True)  # cut the streams, and lose history meanwhile:
+            kube.delete_configmap("chaos-testing", "chaosfs-pd")
+            kube.compact()  # the next watch gets 410 Gone and must relist
+            wait_for(
+                lambda: set(renderings(nats_server.url)) == {TIKV},
+                what="pd's rendering removed after a relist",
+            )
+            assert len(kube.lists("configmaps")) > lists_before
+        finally:
+            proc.terminate()
+            proc.wait(10)
