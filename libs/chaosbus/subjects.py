@@ -11,21 +11,28 @@ import re
 
 PREFIX = "chaosbus"
 
-# Characters that may not appear inside a NATS subject token, plus the escape
-# character itself so that decoding is unambiguous.
-_UNSAFE = re.compile(r"[%.*>\s\x00-\x1f\x7f]")
-_ESCAPED = re.compile(r"%([0-9A-F]{2})")
+# Kept as they are: what is safe in a NATS subject token and in a JetStream KV
+# key alike. Everything else (the dot above all) becomes "=XX" per UTF-8 byte,
+# and "=" itself is escaped, so decoding is unambiguous.
+_SAFE = re.compile(r"[A-Za-z0-9_-]")
+_ESCAPED = re.compile(r"(?:=[0-9A-F]{2})+")
 
 
 def encode_token(value: str) -> str:
-    """Turn any non-empty string into a single NATS subject token, reversibly."""
+    """Turn any non-empty string into a single NATS subject token (and KV key part)."""
     if not value:
         raise ValueError("a subject token cannot be empty")
-    return _UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", value)
+    return "".join(
+        ch if _SAFE.fullmatch(ch) else "".join(f"={b:02X}" for b in ch.encode())
+        for ch in value
+    )
 
 
 def decode_token(token: str) -> str:
-    return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), token)
+    return _ESCAPED.sub(
+        lambda m: bytes.fromhex(m.group().replace("=", "")).decode(errors="surrogateescape"),
+        token,
+    )
 
 
 def parse_pod(ref: str) -> tuple[str, str]:

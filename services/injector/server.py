@@ -1,0 +1,131 @@
+"""The HTTPS server: routes, and running everything on one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from aiohttp import web
+
+from . import admission
+from .cli import Config
+from .metrics import Metrics
+from .state import State
+from .store import StoreSync
+from .tls import ReloadingContext
+
+INJECT_PATH = "/inject-v1-pod"
+# A pod object is at most ~1.5 MiB in etcd; leave room for the review around it.
+MAX_BODY = 8 << 20
+SHUTDOWN_GRACE = 10.0
+
+
+def _exit_anyway_after(seconds: float) -> None:
+    """A stop must stop: if a library task swallows its cancellation or a thread
+    will not join, leave anyway rather than hang a rollout until SIGKILL."""
+    timer = threading.Timer(seconds, os._exit, args=(0,))
+    timer.daemon = True
+    timer.start()
+
+
+def build_app(state: State, prefix: str, metrics: Metrics, log: Any) -> web.Application:
+    async def inject(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            body = await request.read()
+            verdict = admission.review(body, state, prefix)
+        except web.HTTPException:
+            raise  # aiohttp's own 4xx, e.g. a body over the size limit
+        except Exception as exc:
+            # review() catches everything after parsing; this is the last line of
+            # defence so that no bug can turn into a 5xx and block pod creation.
+            log.exception("admission_crashed")
+            verdict = admission.Verdict(
+                400, {"error": f"cannot read the request: {exc}"}, admission.INVALID, str(exc)
+            )
+        elapsed = time.perf_counter() - started
+        metrics.admissions.labels(verdict.outcome).inc()
+        metrics.latency.observe(elapsed)
+        level = log.warning if verdict.outcome in (admission.ERROR, admission.INVALID) else log.info
+        level(
+            "admission",
+            outcome=verdict.outcome,
+            reason=verdict.reason,
+            status=verdict.status,
+            ms=round(elapsed * 1000, 3),
+            **verdict.fields,
+        )
+        return web.json_response(verdict.body, status=verdict.status)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def readyz(_: web.Request) -> web.Response:
+        summary = state.summary()
+        return web.json_response(summary, status=200 if state.ready else 503)
+
+    app = web.Application(client_max_size=MAX_BODY)
+    app.router.add_post(INJECT_PATH, inject)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def serve(config: Config, log: Any) -> None:
+    metrics = Metrics()
+    state = State()
+    tls = ReloadingContext(
+        config.tls_cert, config.tls_key, config.tls_reload_interval, log, metrics
+    )
+    sync = StoreSync(config.nats_url, state, metrics, log)
+    runners: list[web.AppRunner] = []
+
+    runner = web.AppRunner(build_app(state, config.prefix, metrics, log), access_log=None)
+    await runner.setup()
+    runners.append(runner)
+    host, port = split_hostport(config.listen)
+    await web.TCPSite(runner, host, port, ssl_context=tls.context).start()
+    log.info("listening", addr=config.listen, path=INJECT_PATH, prefix=config.prefix)
+
+    if config.metrics_addr:
+        metrics_runner = web.AppRunner(metrics.app(), access_log=None)
+        await metrics_runner.setup()
+        runners.append(metrics_runner)
+        mhost, mport = split_hostport(config.metrics_addr)
+        await web.TCPSite(metrics_runner, mhost, mport).start()
+        log.info("metrics_listening", addr=config.metrics_addr)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(sync.run()), asyncio.create_task(tls.watch())]
+    try:
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not waiter and task.exception() is not None:
+                log.error("task_crashed", error=repr(task.exception()))
+        waiter.cancel()
+    finally:
+        log.info("stopping")
+        _exit_anyway_after(SHUTDOWN_GRACE)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        for r in runners:
+            await r.cleanup()
