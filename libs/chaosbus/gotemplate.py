@@ -21,7 +21,7 @@ It is stricter than Go, on purpose, because its output becomes a pod spec:
 * ``printf`` with a verb that does not fit its argument, or too few or too many
   arguments, is an error; Go writes ``%!d(string=x)`` into the output;
 * mistakes Go finds only while executing (wrong argument counts, arguments given to
-  something that is not a function, undefined variables) are found by
+  something that is not a function, assigning an undeclared variable) are found by
   ``Template.parse``, so a bad template is refused before any pod depends on it.
 
 Not supported: ``define``/``template``/``block``, ``break``/``continue``, character

@@ -73,12 +73,13 @@ def _parse_config(text: Any, namespace: str, source: str, revision: str) -> Inje
         raise ConfigError(f"name must be a DNS name, got {name!r}")
     if not isinstance(template, str) or not template:
         raise ConfigError("template must name a template ConfigMap")
-    arguments = doc.get("arguments") or {}
-    if not isinstance(arguments, dict) or not all(isinstance(k, str) for k in arguments):
+    # Chaos Mesh read arguments as strings: "1.0" stays "1.0", "yes" stays "yes".
+    arguments = (yaml.load(text, Loader=yaml.BaseLoader) or {}).get("arguments") or {}
+    if not isinstance(arguments, dict):
         raise ConfigError("arguments must map names to values")
     for key, value in arguments.items():
-        if not isinstance(value, str | int | float | bool):
-            raise ConfigError(f"argument {key} must be a string, number or boolean")
+        if not isinstance(value, str):
+            raise ConfigError(f"argument {key} must be a single value, not a list or map")
     selector = doc.get("selector") or {}
     if not isinstance(selector, dict):
         raise ConfigError("selector must be a map")

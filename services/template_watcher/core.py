@@ -134,8 +134,8 @@ class TemplateWatcher:
             raise LookupError(f"template {config.template} not found")
         if parsed.template is None:
             raise ConfigError(parsed.error or "template does not parse")
-        gotemplate.check_yaml_safe_arguments(config.arguments, config.template)
-        spec = validate_spec(parsed.template.render(config.arguments), config.template)
+        # render_yaml refuses argument values that would change the YAML's structure.
+        spec = validate_spec(parsed.template.render_yaml(config.arguments), config.template)
         return Rendering(
             namespace=config.namespace,
             name=config.name,

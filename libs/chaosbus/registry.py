@@ -1,0 +1,26 @@
+"""The sidecar registry: who is alive, kept in JetStream KV.
+
+Each sidecar writes its own entry when it is ready and on every heartbeat, and
+deletes it when it goes. An entry whose heartbeat is older than a few intervals
+belongs to a sidecar that is lost (killed, partitioned, its node gone).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .subjects import encode_token
+
+BUCKET = "SIDECARS"
+LOST_AFTER_BEATS = 3
+
+
+def key(namespace: str, name: str) -> str:
+    return f"{encode_token(namespace)}.{encode_token(name)}"
+
+
+def is_lost(entry: dict[str, Any], now: float | None = None) -> bool:
+    now = time.time() if now is None else now
+    interval = float(entry.get("heartbeat_interval") or 5.0)
+    return now - float(entry.get("time") or 0) > LOST_AFTER_BEATS * interval
