@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-DEBIAN_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev
+DEBIAN_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev shellcheck dash
 
 .PHONY: setup system-deps test lint bench demo clean
 

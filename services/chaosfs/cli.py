@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from chaosbus import __version__
 from chaosbus.bus import default_url
@@ -31,6 +33,11 @@ FLAGS = (
     ),
     Flag(
         "addr", "ignored: the seed's gRPC address; chaosfs listens on NATS instead", metavar="ADDR"
+    ),
+    Flag(
+        "labels",
+        "the pod's labels: a downward API labels file (default: $POD_LABELS as k=v,k=v)",
+        metavar="FILE",
     ),
     Flag(
         "cache-timeout",
@@ -65,6 +72,7 @@ class Config:
     heartbeat: float
     log_level: str
     ignored_addr: str | None
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def pod_ref(self) -> str:
@@ -92,6 +100,7 @@ def parse_config(argv: Sequence[str], env: dict[str, str]) -> Config:
             raise FlagError(
                 "no pod identity: pass -pod NAMESPACE/NAME or set POD_NAMESPACE and POD_NAME"
             )
+    labels = read_labels(values["labels"]) if values["labels"] else env_labels(env)
     if values["heartbeat"] <= 0:
         raise FlagError("-heartbeat must be above zero")
     return Config(
@@ -105,7 +114,39 @@ def parse_config(argv: Sequence[str], env: dict[str, str]) -> Config:
         heartbeat=values["heartbeat"],
         log_level=values["log-level"],
         ignored_addr=values["addr"],
+        labels=labels,
     )
+
+
+def read_labels(path: str) -> dict[str, str]:
+    """The downward API's labels file: one ``key="value"`` per line, Go-quoted."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise FlagError(f"cannot read -labels {path}: {exc.strerror}") from None
+    labels = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        key, sep, quoted = line.partition("=")
+        try:
+            value = json.loads(quoted) if sep else None
+        except ValueError:
+            value = None
+        if not isinstance(value, str) or not key:
+            raise FlagError(f'-labels {path}:{number}: expected key="value", got {line!r}')
+        labels[key] = value
+    return labels
+
+
+def env_labels(env: dict[str, str]) -> dict[str, str]:
+    labels = {}
+    for item in filter(None, (p.strip() for p in env.get("POD_LABELS", "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise FlagError(f"POD_LABELS must be k=v,k=v; got {item!r}")
+        labels[key.strip()] = value.strip()
+    return labels
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,12 +23,15 @@ import trio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from chaosbus import __version__, codec, protocol
+from chaosbus import __version__, codec, protocol, registry
+from chaosbus.audit import AuditLog, ensure_stream
 from chaosbus.bus import connect
+from chaosbus.kv import open_bucket
 from chaosbus.rules import METHODS, FaultRule, RuleError
 from chaosbus.subjects import FLEET_COMMAND, pod_command, pod_event
 
 from .cli import Config
+from .convergence import DesiredState
 from .faults import FaultEngine, process_name
 from .passthrough import ChaosOperations
 
@@ -48,19 +51,21 @@ class BusControl:
         ops: ChaosOperations,
         trio_token: trio.lowlevel.TrioToken,
         log: structlog.stdlib.BoundLogger,
-        labels: dict[str, str] | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
         self.ops = ops
         self.trio_token = trio_token
         self.log = log
-        self.labels = labels or {}
+        self.labels = config.labels
         self.started = time.time()
         self.handler_delay = float(os.environ.get(HANDLER_DELAY_ENV, "0") or 0)
         self._loop = asyncio.new_event_loop()
         self._stopping = asyncio.Event()
         self._nc: Client | None = None
+        self._registry: Any = None
+        self._resync = asyncio.Event()  # set on reconnect: re-read desired state
+        self.audit: AuditLog | None = None
         self._last_error = ""
         self._last_error_at = 0.0
         self._thread = threading.Thread(target=self._run, name="chaosfs-bus", daemon=True)
@@ -87,6 +92,7 @@ class BusControl:
     async def _main(self) -> None:
         # Expiry and the event feed run whether or not the bus is reachable:
         # a rule's ttl must end it even when nobody can send a recover.
+        self.audit = AuditLog("chaosfs", self.log)
         chores = [
             asyncio.create_task(self._expire_rules()),
             asyncio.create_task(self._publish_injections()),
@@ -96,6 +102,15 @@ class BusControl:
             if nc is None:
                 return
             self._nc = nc
+            # Before the first audit event and registry write; bounded, as a server
+            # without JetStream must not keep the sidecar off the bus.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._prepare_jetstream(nc), 3.0)
+            self.audit.start(nc)
+            desired = DesiredState(
+                self.config.namespace, self.config.pod, self.labels, self._converge, self.log
+            )
+            chores.append(asyncio.create_task(desired.run(nc, self._resync)))
             pod_subject = pod_command(self.config.namespace, self.config.pod)
             await nc.subscribe(pod_subject, cb=functools.partial(self._on_command, fleet=False))
             # A plain subscription, not a queue group: every sidecar must get fleet commands.
@@ -103,25 +118,85 @@ class BusControl:
             await nc.flush()
             self.log.info("bus_listening", subject=pod_subject, fleet_subject=FLEET_COMMAND)
             await self._announce("ready")
-            chores.append(asyncio.create_task(self._heartbeat()))
+            heartbeat = asyncio.create_task(self._heartbeat())
+            chores.append(heartbeat)
             await self._stopping.wait()
+            heartbeat.cancel()  # nothing may follow "gone"
+            # Say goodbye, briefly: a pod's termination grace period is short.
             with contextlib.suppress(Exception):
-                await self._announce("gone")
+                await asyncio.wait_for(self._announce("gone"), 1.0)
                 await nc.flush(timeout=1)
+            await self.audit.stop(timeout=0.5)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 2)
         finally:
             for chore in chores:
                 chore.cancel()
 
+    async def _prepare_jetstream(self, nc: Client) -> None:
+        """The audit stream and the registry bucket; a locked-down sidecar may only use them."""
+        with contextlib.suppress(Exception):
+            await ensure_stream(nc, max_age=7 * 86400.0, max_bytes=1 << 30)
+        try:
+            self._registry = await open_bucket(nc, registry.BUCKET)
+        except Exception as exc:
+            self.log.warning("registry_unavailable", error=str(exc))
+
+    async def _register(self, gone: bool = False) -> None:
+        kv = self._registry
+        if kv is None or self._nc is None or not self._nc.is_connected:
+            return
+        key = registry.key(self.config.namespace, self.config.pod)
+        try:
+            if gone:
+                await kv.delete(key)
+            else:
+                await kv.put(key, codec.encode(self._record()))
+        except Exception as exc:
+            self.log.warning("registry_write_failed", error=str(exc))
+
+    def _record(self) -> dict[str, Any]:
+        rules = self.engine.describe()
+        return {
+            "pod": self.config.pod_ref,
+            **self._identity(),
+            "time": time.time(),
+            "started": self.started,
+            "heartbeat_interval": self.config.heartbeat,
+            "rules": [
+                {"id": r["id"], "action": r["action"], "fired": r["stats"]["fired"]} for r in rules
+            ],
+        }
+
+    async def _converge(self, wanted: list[FaultRule]) -> None:
+        """Desired state changed (or was read again): hold what it says."""
+        changed, removed = self.engine.converge(wanted)
+        if not changed and not removed:
+            return
+        await self._drop_caches(changed + removed)
+        self.log.info(
+            "rules_converged", set=[r.id for r in changed], removed=[r.id for r in removed]
+        )
+        self._audit(
+            "rule.converged", set=[r.to_wire() for r in changed], removed=[r.id for r in removed]
+        )
+
+    def _audit(self, kind: str, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(kind, pod=self.config.pod_ref, **fields)
+
     async def _expire_rules(self) -> None:
         while True:
             await asyncio.sleep(EXPIRY_INTERVAL)
             gone = self.engine.expire(time.time())
             if gone:
-                await self._drop_caches(gone)
+                try:
+                    await self._drop_caches(gone)
+                except Exception:
+                    self.log.exception("cache_drop_failed")
                 for rule in gone:
                     self.log.info("rule_expired", rule=rule.id, expires_at=rule.expires_at)
+                    self._audit("rule.expired", rule=rule.id, expires_at=rule.expires_at)
 
     async def _publish_injections(self) -> None:
         """Forward sampled injection events; never read on the I/O path."""
@@ -179,6 +254,7 @@ class BusControl:
     async def _on_reconnect(self) -> None:
         # Core NATS is at-most-once: announce again so the fleet knows we are back.
         self.log.info("bus_reconnected")
+        self._resync.set()
         await self._announce("ready")
 
     async def _on_disconnect(self) -> None:
@@ -228,6 +304,11 @@ class BusControl:
             )
         except Exception as exc:
             self.log.warning("event_publish_failed", kind=kind, error=str(exc))
+        if kind == "ready":
+            self._audit("sidecar.ready", mountpoint=self.config.mountpoint, version=__version__)
+        elif kind == "gone":
+            self._audit("sidecar.gone")
+        await self._register(gone=kind == "gone")
 
     async def _heartbeat(self) -> None:
         while True:
@@ -241,6 +322,7 @@ class BusControl:
             time.sleep(self.handler_delay)  # deliberately blocks this loop (test hook)
         pod = self.config.pod_ref
         log = self.log.bind(subject=msg.subject)
+        command: Any = None
         try:
             command = codec.decode(msg.data)
             op = command.get("op")
@@ -252,9 +334,13 @@ class BusControl:
                 target = protocol.Target(command.get("target"))
                 if not target.matches(self.config.namespace, self.config.pod, self.labels):
                     return  # not for us: stay silent, as a non-subscriber would
-            reply = await self._dispatch(op, command, log)
+            reply = await self._dispatch(op, command, log, fleet)
         except (codec.DecodeError, protocol.CommandError, RuleError) as exc:
             log.warning("command_rejected", reason=str(exc), bytes=len(msg.data))
+            actor = command.get("actor") if isinstance(command, dict) else None
+            self._audit(
+                "rule.rejected", reason=str(exc), actor=str(actor or "unknown"), subject=msg.subject
+            )
             reply = protocol.error(pod, str(exc))
         except Exception as exc:
             log.exception("command_failed")
@@ -265,14 +351,18 @@ class BusControl:
             except Exception as exc:
                 log.warning("reply_failed", error=str(exc))
 
-    async def _dispatch(self, op: str, command: dict[str, Any], log: Any) -> dict[str, Any]:
+    async def _dispatch(
+        self, op: str, command: dict[str, Any], log: Any, fleet: bool
+    ) -> dict[str, Any]:
         pod = self.config.pod_ref
         engine = self.engine
+        actor = str(command.get("actor") or "unknown")
         if op == "set":
             rules = protocol.parse_rules(command)
             changed = engine.set_rules(rules)
             await self._drop_caches(changed)
-            log.info("rules_set", rules=[r.id for r in rules], actor=command.get("actor"))
+            log.info("rules_set", rules=[r.id for r in rules], actor=actor)
+            self._audit("rule.set", actor=actor, fleet=fleet, rules=[r.to_wire() for r in rules])
             return protocol.ok(pod, rules=[r.to_wire() for r in rules])
         if op == "recover":
             how, value = protocol.parse_recover(command)
@@ -280,12 +370,20 @@ class BusControl:
                 gone = engine.recover_all()
             elif how == "id":
                 gone = engine.recover_id(value or "")
-                if not gone:
+                if not gone and not fleet:  # a fleet recover also reaches pods without it
                     raise protocol.CommandError(f"no rule with id {value!r}")
             else:
                 gone = engine.recover_method(value or "")
             await self._drop_caches(gone)
             log.info("rules_recovered", how=how, value=value, rules=[r.id for r in gone])
+            self._audit(
+                "rule.recovered",
+                actor=actor,
+                fleet=fleet,
+                how=how,
+                value=value,
+                rules=[r.id for r in gone],
+            )
             return protocol.ok(pod, recovered=[r.id for r in gone])
         if op == "methods":
             return protocol.ok(pod, methods=list(METHODS))
@@ -298,6 +396,8 @@ class BusControl:
                 uptime=time.time() - self.started,
                 injected=bool(engine.rules.rules),
                 rules=engine.describe(),
+                managed=sorted(engine.managed),
+                events_dropped=engine.events_dropped,
             )
         return protocol.ok(pod, **self._identity())  # ping
 

@@ -124,6 +124,7 @@ class FaultEngine:
         self.state: dict[str, RuleState] = {}
         self.events: collections.deque[tuple] = collections.deque(maxlen=EVENT_BACKLOG)
         self.events_dropped = 0
+        self.managed: set[str] = set()  # ids that desired state put here
         self._budget = EVENTS_PER_SECOND
         self._budget_at = time.monotonic()
 
@@ -267,10 +268,17 @@ class FaultEngine:
         return new
 
     def set_rules(self, incoming: list[FaultRule]) -> list[FaultRule]:
-        """Add rules, replacing any with the same id. Returns the rules that changed."""
+        """Add rules, replacing any with the same id. Returns the rules that changed.
+
+        A rule sent again unchanged keeps its counters (commands and desired state
+        often deliver the same rule twice).
+        """
         current = {r.id: r for r in self.rules.rules}
         if len(current.keys() | {r.id for r in incoming}) > MAX_RULES:
             raise RuleError(f"a sidecar holds at most {MAX_RULES} rules")
+        incoming = [r for r in incoming if current.get(r.id) != r]
+        if not incoming:
+            return []
         replaced = [current[r.id] for r in incoming if r.id in current]
         for rule in incoming:
             if rule.id in current:
@@ -278,6 +286,29 @@ class FaultEngine:
             current[rule.id] = rule
         self._publish(tuple(current.values()))
         return replaced + incoming
+
+    def converge(self, wanted: list[FaultRule]) -> tuple[list[FaultRule], list[FaultRule]]:
+        """Make the rules desired state manages exactly ``wanted``; leave others alone.
+
+        Returns (rules added or changed, rules removed).
+        """
+        current = {r.id: r for r in self.rules.rules}
+        wanted_ids = {r.id for r in wanted}
+        removed = [current[i] for i in sorted(self.managed - wanted_ids) if i in current]
+        changed = [r for r in wanted if current.get(r.id) != r]
+        self.managed = wanted_ids
+        if not changed and not removed:
+            return [], []
+        for rule in removed:
+            del current[rule.id]
+        for rule in changed:
+            if rule.id in current:
+                self.state.pop(rule.id, None)
+            current[rule.id] = rule
+        if len(current) > MAX_RULES:
+            raise RuleError(f"desired state asks for more than {MAX_RULES} rules")
+        self._publish(tuple(current.values()))
+        return changed, removed
 
     def recover_id(self, rule_id: str) -> list[FaultRule]:
         gone = [r for r in self.rules.rules if r.id == rule_id]

@@ -8,8 +8,7 @@ import time
 from typing import Any
 
 from nats.aio.client import Client
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from chaosbus import codec
@@ -20,17 +19,8 @@ from chaosbus.injection import (
     RENDERINGS_BUCKET,
     Rendering,
 )
+from chaosbus.kv import open_bucket
 from chaosbus.subjects import decode_token, encode_token
-
-
-async def open_bucket(nc: Client, name: str) -> KeyValue:
-    js = nc.jetstream()
-    try:
-        return await js.key_value(name)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE)
-        )
 
 
 class KVStore:
