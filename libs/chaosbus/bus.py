@@ -1,9 +1,19 @@
-"""Connecting to NATS the same way from every service and from chaosctl."""
+"""Connecting to NATS the same way from every service and from chaosctl.
+
+Credentials and TLS come from flags, the environment or files, in that order:
+user and password (``NATS_USER``, ``NATS_PASSWORD`` or ``NATS_PASSWORD_FILE``),
+a token (``NATS_TOKEN``), a creds file (``NATS_CREDS``), an nkey seed file
+(``NATS_NKEY``), and TLS (``NATS_CA``, ``NATS_CERT``, ``NATS_KEY``).
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -16,12 +26,96 @@ def default_url() -> str:
     return os.environ.get("NATS_URL") or DEFAULT_URL
 
 
+@dataclass(frozen=True)
+class BusAuth:
+    user: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    token: str | None = None
+    creds: str | None = None
+    nkey: str | None = None
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @classmethod
+    def resolve(cls, given: Mapping[str, str | None], env: Mapping[str, str]) -> BusAuth:
+        """Flags first, then ``NATS_*`` environment variables."""
+        values = {}
+        for f in fields(cls):
+            values[f.name] = given.get(f.name) or env.get(f"NATS_{f.name.upper()}") or None
+        return cls(**values)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect``; raises ValueError on unreadable files."""
+        out: dict[str, Any] = {}
+        password = self.password
+        if password is None and self.password_file:
+            password = _read(self.password_file, "password file").strip()
+        if self.user:
+            out["user"] = self.user
+            out["password"] = password or ""
+        if self.token:
+            out["token"] = self.token
+        if self.creds:
+            _read(self.creds, "creds file")
+            out["user_credentials"] = self.creds
+        if self.nkey:
+            _read(self.nkey, "nkey seed file")
+            out["nkeys_seed"] = self.nkey
+        if self.ca or self.cert:
+            context = ssl.create_default_context(cafile=self.ca)
+            if self.cert:
+                context.load_cert_chain(self.cert, self.key)
+            out["tls"] = context
+        return out
+
+
+def _read(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read NATS {what} {path}: {exc.strerror}") from None
+
+
+def add_bus_arguments(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    """--nats and the credential/TLS flags, for the argparse-based commands."""
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("NATS connection")
+    group.add_argument("--nats", default=default, help="NATS URL(s) (default $NATS_URL)")
+    for name, text in (
+        ("user", "user name ($NATS_USER)"),
+        ("password-file", "file holding the password ($NATS_PASSWORD_FILE; or $NATS_PASSWORD)"),
+        ("creds", "creds file, JWT and nkey seed ($NATS_CREDS)"),
+        ("nkey", "nkey seed file ($NATS_NKEY)"),
+        ("tls-ca", "CA bundle to verify the server ($NATS_CA)"),
+        ("tls-cert", "client certificate ($NATS_CERT)"),
+        ("tls-key", "client key ($NATS_KEY)"),
+    ):
+        group.add_argument(f"--nats-{name}", default=default, help=text)
+
+
+def auth_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> BusAuth:
+    get = lambda name: getattr(args, f"nats_{name}", None)  # noqa: E731
+    given = {
+        "user": get("user"),
+        "password_file": get("password_file"),
+        "creds": get("creds"),
+        "nkey": get("nkey"),
+        "ca": get("tls_ca"),
+        "cert": get("tls_cert"),
+        "key": get("tls_key"),
+    }
+    return BusAuth.resolve(given, os.environ if env is None else env)
+
+
 async def connect(
     url: str,
     *,
     name: str,
     reconnect_forever: bool = True,
     connect_timeout: float = 2.0,
+    auth: BusAuth | None = None,
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
     on_disconnect: Callable[[], Awaitable[None]] | None = None,
     on_error: Callable[[Exception], Awaitable[None]] | None = None,
@@ -41,6 +135,7 @@ async def connect(
         "max_reconnect_attempts": -1 if reconnect_forever else 0,
         "reconnect_time_wait": 0.5,
         "error_cb": _quiet_error,
+        **(auth or BusAuth.resolve({}, os.environ)).options(),
         **extra,
     }
     if on_reconnect is not None:

@@ -14,6 +14,7 @@ from .subjects import encode_token
 
 BUCKET = "SIDECARS"
 LOST_AFTER_BEATS = 3
+FORGET_LOST_AFTER = 300.0  # seconds: a sidecar lost longer than this is taken as gone
 
 
 def key(namespace: str, name: str) -> str:

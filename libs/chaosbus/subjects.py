@@ -23,8 +23,7 @@ def encode_token(value: str) -> str:
     if not value:
         raise ValueError("a subject token cannot be empty")
     return "".join(
-        ch if _SAFE.fullmatch(ch) else "".join(f"={b:02X}" for b in ch.encode())
-        for ch in value
+        ch if _SAFE.fullmatch(ch) else "".join(f"={b:02X}" for b in ch.encode()) for ch in value
     )
 
 

@@ -1,14 +1,24 @@
-"""Talking to sidecars: one request, one answer, and errors an operator can act on."""
+"""chaosctl's side of the bus: commands to one sidecar or the fleet, the registry,
+desired state. Errors come out as ``Unreachable`` or ``Refused`` with a sentence
+an operator can act on."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
+from nats.aio.client import Client
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 
-from chaosbus import codec
+from chaosbus import codec, desired, registry
 from chaosbus.bus import connect
-from chaosbus.subjects import pod_command
+from chaosbus.kv import open_bucket
+from chaosbus.protocol import Target
+from chaosbus.subjects import FLEET_COMMAND, decode_token, pod_command
+
+REPLY_LIMIT = 16 * 1024 * 1024
 
 
 class Unreachable(RuntimeError):
@@ -19,31 +29,174 @@ class Refused(RuntimeError):
     """The sidecar answered with an error; nothing changed."""
 
 
-async def request_pod(
-    url: str, namespace: str, name: str, command: dict[str, Any], timeout: float
-) -> dict[str, Any]:
-    pod = f"{namespace}/{name}"
-    try:
-        nc = await connect(
-            url, name="chaosctl", reconnect_forever=False, connect_timeout=min(timeout, 2.0)
-        )
-    except Exception as exc:
-        raise Unreachable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
-    try:
+@dataclass
+class FleetResult:
+    expected: set[str] = field(default_factory=set)  # alive: waited for
+    lost: set[str] = field(default_factory=set)  # recently lost: not waited for, still missing
+    acked: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def missing(self) -> list[str]:
+        return sorted((self.expected | self.lost) - set(self.acked) - set(self.errors))
+
+    @property
+    def total(self) -> int:
+        return len(self.expected | self.lost | set(self.acked) | set(self.errors))
+
+
+class Session:
+    def __init__(self, nc: Client, timeout: float) -> None:
+        self.nc = nc
+        self.timeout = timeout
+
+    @classmethod
+    async def open(cls, url: str, timeout: float, **auth: Any) -> Session:
         try:
-            msg = await nc.request(
-                pod_command(namespace, name), codec.encode(command), timeout=timeout
+            nc = await connect(
+                url,
+                name="chaosctl",
+                reconnect_forever=False,
+                connect_timeout=min(timeout, 2.0),
+                **auth,
+            )
+        except Exception as exc:
+            raise Unreachable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
+        return cls(nc, timeout)
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+    # --- one sidecar ------------------------------------------------------------------
+
+    async def request_pod(self, namespace: str, name: str, command: dict[str, Any]) -> dict:
+        pod = f"{namespace}/{name}"
+        try:
+            msg = await self.nc.request(
+                pod_command(namespace, name), codec.encode(command), timeout=self.timeout
             )
         except nats.errors.NoRespondersError:
             raise Unreachable(f"no sidecar answers for {pod}") from None
         except nats.errors.TimeoutError:
-            raise Unreachable(f"no sidecar answered for {pod} within {timeout:g}s") from None
+            raise Unreachable(f"no sidecar answered for {pod} within {self.timeout:g}s") from None
         try:
-            reply = codec.decode(msg.data, limit=16 * 1024 * 1024)
+            reply = codec.decode(msg.data, limit=REPLY_LIMIT)
         except codec.DecodeError as exc:
             raise Refused(f"{pod} sent an unreadable reply: {exc}") from None
         if not reply.get("ok"):
             raise Refused(f"{pod} refused: {reply.get('error', 'no reason given')}")
         return reply
-    finally:
-        await nc.close()
+
+    # --- the fleet --------------------------------------------------------------------
+
+    async def broadcast(
+        self, command: dict[str, Any], expected: set[str], lost: set[str] | None = None
+    ) -> FleetResult:
+        """One publish to every sidecar; collect answers until all expected ones are in."""
+        result = FleetResult(expected=set(expected), lost=set(lost or ()))
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        await self.nc.flush()
+        await self.nc.publish(FLEET_COMMAND, codec.encode(command), reply=inbox)
+        deadline = time.monotonic() + self.timeout
+        # With nobody expected, still listen briefly: unregistered sidecars may answer.
+        while (left := deadline - time.monotonic()) > 0:
+            if expected and not (result.expected - set(result.acked) - set(result.errors)):
+                break
+            try:
+                msg = await sub.next_msg(timeout=min(left, 0.5 if not expected else left))
+            except nats.errors.TimeoutError:
+                if not expected:
+                    break
+                continue
+            try:
+                reply = codec.decode(msg.data, limit=REPLY_LIMIT)
+            except codec.DecodeError:
+                continue
+            pod = str(reply.get("pod"))
+            if reply.get("ok"):
+                result.acked[pod] = reply
+            else:
+                result.errors[pod] = str(reply.get("error"))
+        await sub.unsubscribe()
+        return result
+
+    async def sidecars(self) -> list[dict[str, Any]]:
+        """Every registered sidecar, each marked lost or not."""
+        try:
+            kv = await open_bucket(self.nc, registry.BUCKET, create=False)
+        except BucketNotFoundError:
+            return []
+        out = []
+        now = time.time()
+        for value in (await _contents(kv)).values():
+            try:
+                entry = codec.decode(value, limit=REPLY_LIMIT)
+            except codec.DecodeError:
+                continue
+            entry["lost"] = registry.is_lost(entry, now)
+            out.append(entry)
+        return sorted(out, key=lambda e: str(e.get("pod")))
+
+    async def expected(self, target: dict[str, Any]) -> tuple[set[str], set[str]]:
+        """Registered sidecars the target selects: (alive, recently lost).
+
+        Alive ones are waited for. Lost ones (no heartbeat lately) are not, but
+        they are reported as missing for a while, since the command cannot have
+        reached them; entries lost long ago are pods that are simply gone.
+        """
+        selector = Target(target)
+        alive: set[str] = set()
+        lost: set[str] = set()
+        now = time.time()
+        for e in await self.sidecars():
+            if not selector.matches(
+                e.get("namespace", ""), e.get("name", ""), e.get("labels") or {}
+            ):
+                continue
+            if not e["lost"]:
+                alive.add(e["pod"])
+            elif now - float(e.get("time") or 0) < registry.FORGET_LOST_AFTER:
+                lost.add(e["pod"])
+        return alive, lost
+
+    # --- desired state ----------------------------------------------------------------
+
+    async def desired_bucket(self) -> Any:
+        return await open_bucket(self.nc, desired.BUCKET)
+
+    async def desired_entries(self) -> tuple[dict[str, desired.Entry], dict[str, dict]]:
+        """(fleet entries by rule id, {pod prefix: {rule id: entry}})."""
+        try:
+            kv = await open_bucket(self.nc, desired.BUCKET, create=False)
+        except BucketNotFoundError:
+            return {}, {}
+        fleet: dict[str, desired.Entry] = {}
+        pods: dict[str, dict[str, desired.Entry]] = {}
+        for key, value in (await _contents(kv)).items():
+            try:
+                entry = desired.Entry.from_wire(codec.decode(value, limit=REPLY_LIMIT))
+            except ValueError:
+                continue
+            prefix, _, token = key.rpartition(".")
+            if prefix == "fleet":
+                fleet[decode_token(token)] = entry
+            else:
+                pods.setdefault(prefix, {})[decode_token(token)] = entry
+        return fleet, pods
+
+
+async def _contents(kv: Any) -> dict[str, bytes]:
+    try:
+        keys = await kv.keys()
+    except NoKeysError:
+        return {}
+    out = {}
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            continue
+        if entry.value is not None:
+            out[key] = entry.value
+    return out

@@ -1,0 +1,242 @@
+"""What each chaosctl command does. Each returns an ``Outcome``: the exit code,
+the text for a person and the object for ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import getpass
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from chaosbus import codec, desired
+from chaosbus.protocol import Target
+from chaosbus.rules import METHOD_SET, FaultRule, RuleError
+from chaosbus.subjects import encode_token, parse_pod
+
+from . import output
+from .client import FleetResult, Session
+from .rulespec import rule_from_args, target_from_args
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+@dataclass
+class Outcome:
+    code: int
+    text: str
+    data: Any
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+def actor() -> str:
+    """Who asked, and from which host: it goes into every audit event."""
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+# --- one pod --------------------------------------------------------------------------
+
+
+async def fault_set(s: Session, args: argparse.Namespace) -> Outcome:
+    namespace, name = parse_pod(args.pod)
+    rule = rule_from_args(args)
+    reply = await s.request_pod(namespace, name, {"op": "set", "rules": [rule], "actor": actor()})
+    # Recorded once the sidecar took it, so that a restart brings it back.
+    entry = desired.Entry.of(rule, actor())
+    warnings = await _record(s, desired.pod_key(namespace, name, rule["id"]), entry)
+    return Outcome(EXIT_OK, output.rules_set(reply), reply, warnings)
+
+
+async def fault_recover(s: Session, args: argparse.Namespace) -> Outcome:
+    if args.fleet:
+        return await fleet_recover(s, args)
+    namespace, name = parse_pod(args.pod)
+    command: dict[str, Any] = {"op": "recover", "actor": actor()}
+    if args.all:
+        command["all"] = True
+    elif args.id:
+        command["id"] = args.id
+    else:
+        command["method"] = args.method
+    # The sidecar first (withdrawing first would let it converge and then answer
+    # "no such rule"), then desired state, whatever the sidecar said: a recovered
+    # rule must stay away, also from a sidecar that was unreachable just now.
+    try:
+        reply = await s.request_pod(namespace, name, command)
+    finally:
+        warnings = await _withdraw(s, namespace, name, args)
+    return Outcome(EXIT_OK, output.recovered(reply), reply, warnings)
+
+
+async def _withdraw(s: Session, namespace: str, name: str, args: argparse.Namespace) -> list[str]:
+    """Take the recovered rules out of this pod's desired state, so they stay away."""
+    try:
+        kv = await s.desired_bucket()
+        fleet, pods = await s.desired_entries()
+        mine = pods.get(desired.pod_prefix(namespace, name), {})
+        tomb = desired.Entry.of(None, actor())
+        if args.all:
+            for rule_id in mine:
+                await kv.delete(desired.pod_key(namespace, name, rule_id))
+            for rule_id in fleet:
+                await kv.put(
+                    desired.pod_key(namespace, name, rule_id), codec.encode(tomb.to_wire())
+                )
+        elif args.id:
+            key = desired.pod_key(namespace, name, args.id)
+            if args.id in fleet:
+                await kv.put(key, codec.encode(tomb.to_wire()))
+            elif args.id in mine:
+                await kv.delete(key)
+        else:
+            status = await s.request_pod(namespace, name, {"op": "status"})
+            wanted = desired.compute(
+                fleet, mine, namespace, name, status.get("labels") or {}, time.time()
+            )
+            for rule in wanted:
+                if not rule.applies_to(args.method):
+                    continue
+                left = (rule.methods or METHOD_SET) - {args.method}
+                entry = desired.Entry.of(
+                    dataclasses.replace(rule, methods=frozenset(left)).to_wire() if left else None,
+                    actor(),
+                )
+                await kv.put(
+                    desired.pod_key(namespace, name, rule.id), codec.encode(entry.to_wire())
+                )
+    except Exception as exc:
+        return [f"desired state not updated ({exc}); the sidecar may bring the rule back"]
+    return []
+
+
+async def fault_list(s: Session, args: argparse.Namespace) -> Outcome:
+    namespace, name = parse_pod(args.pod)
+    reply = await s.request_pod(namespace, name, {"op": "status"})
+    return Outcome(EXIT_OK, output.rule_list(reply), {"pod": reply["pod"], "rules": reply["rules"]})
+
+
+async def fault_methods(s: Session, args: argparse.Namespace) -> Outcome:
+    namespace, name = parse_pod(args.pod)
+    reply = await s.request_pod(namespace, name, {"op": "methods"})
+    return Outcome(EXIT_OK, " ".join(reply["methods"]), reply)
+
+
+async def status(s: Session, args: argparse.Namespace) -> Outcome:
+    namespace, name = parse_pod(args.pod)
+    reply = await s.request_pod(namespace, name, {"op": "status"})
+    fleet, pods = await s.desired_entries()
+    wanted = desired.compute(
+        fleet,
+        pods.get(desired.pod_prefix(namespace, name), {}),
+        namespace,
+        name,
+        reply.get("labels") or {},
+        time.time(),
+    )
+    reply["drift"] = drift(wanted, reply["rules"])
+    return Outcome(EXIT_OK, output.status(reply), reply)
+
+
+def drift(wanted: list[FaultRule], actual: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Desired against actual: rules missing, rules nobody asked for, rules that differ."""
+    have: dict[str, FaultRule | None] = {}
+    for item in actual:
+        wire = {k: v for k, v in item.items() if k not in ("stats", "spent")}
+        try:
+            have[item["id"]] = FaultRule.from_wire(wire)
+        except RuleError:
+            have[item["id"]] = None
+    want = {r.id: r for r in wanted}
+    return {
+        "missing": sorted(set(want) - set(have)),
+        "unexpected": sorted(set(have) - set(want)),
+        "different": sorted(i for i in set(want) & set(have) if want[i] != have[i]),
+    }
+
+
+# --- the fleet --------------------------------------------------------------------------
+
+
+async def fault_broadcast(s: Session, args: argparse.Namespace) -> Outcome:
+    target = target_from_args(args)
+    Target(target)  # refuse a bad selector before anything is written
+    rule = rule_from_args(args)
+    warnings = await _record(
+        s, desired.fleet_key(rule["id"]), desired.Entry.of(rule, actor(), target)
+    )
+    command = {"op": "set", "rules": [rule], "target": target, "actor": actor()}
+    alive, lost = await s.expected(target)
+    return _fleet_outcome(await s.broadcast(command, alive, lost), warnings)
+
+
+async def fleet_recover(s: Session, args: argparse.Namespace) -> Outcome:
+    if args.method:
+        raise ValueError("recover --fleet takes --id or --all")
+    target = target_from_args(args)
+    Target(target)
+    expected, lost = await s.expected(target)
+    warnings: list[str] = []
+    try:
+        kv = await s.desired_bucket()
+        fleet, pods = await s.desired_entries()
+        if args.id:
+            if args.id in fleet:
+                await kv.delete(desired.fleet_key(args.id))
+        elif not target:
+            for rule_id in fleet:
+                await kv.delete(desired.fleet_key(rule_id))
+            for prefix, entries in pods.items():
+                for rule_id in entries:
+                    await kv.delete(f"{prefix}.{encode_token(rule_id)}")
+        else:
+            tomb = codec.encode(desired.Entry.of(None, actor()).to_wire())
+            for pod in expected | lost:
+                namespace, name = parse_pod(pod)
+                for rule_id in pods.get(desired.pod_prefix(namespace, name), {}):
+                    await kv.delete(desired.pod_key(namespace, name, rule_id))
+                for rule_id in fleet:
+                    await kv.put(desired.pod_key(namespace, name, rule_id), tomb)
+    except Exception as exc:
+        warnings.append(f"desired state not updated ({exc}); sidecars may bring rules back")
+    command: dict[str, Any] = {"op": "recover", "target": target, "actor": actor()}
+    if args.all:
+        command["all"] = True
+    else:
+        command["id"] = args.id
+    return _fleet_outcome(await s.broadcast(command, expected, lost), warnings)
+
+
+def _fleet_outcome(result: FleetResult, warnings: list[str]) -> Outcome:
+    data = {
+        "acked": sorted(result.acked),
+        "missing": result.missing,
+        "errors": [{"pod": p, "error": e} for p, e in sorted(result.errors.items())],
+    }
+    ok = result.total > 0 and not result.missing and not result.errors
+    code = EXIT_OK if ok else (EXIT_UNREACHABLE if not result.acked else EXIT_REFUSED)
+    return Outcome(code, output.fleet(result), data, warnings)
+
+
+async def sidecars(s: Session, args: argparse.Namespace) -> Outcome:
+    entries = await s.sidecars()
+    if args.namespace:
+        entries = [e for e in entries if e.get("namespace") in args.namespace]
+    return Outcome(EXIT_OK, output.sidecars(entries), entries)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+async def _record(s: Session, key: str, entry: desired.Entry) -> list[str]:
+    try:
+        kv = await s.desired_bucket()
+        await kv.put(key, codec.encode(entry.to_wire()))
+    except Exception as exc:
+        return [f"desired state not recorded ({exc}); a restarted sidecar will not reapply it"]
+    return []

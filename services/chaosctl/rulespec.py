@@ -1,0 +1,152 @@
+"""Rule flags on the command line, turned into a rule the sidecars accept."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import time
+from typing import Any
+
+from chaosbus.durations import parse_duration
+from chaosbus.rules import ACTIONS, FaultRule, RuleError, new_rule_id
+from chaosbus.sizes import parse_size
+
+
+class UsageError(ValueError):
+    pass
+
+
+def add_rule_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--action", required=True, choices=ACTIONS)
+    p.add_argument("--errno", help="EIO, 5, a comma list to pick from at random, or random")
+    p.add_argument("--delay", type=parse_duration, help="latency, such as 100ms")
+    p.add_argument("--jitter", type=parse_duration, help="extra random latency up to this")
+    p.add_argument("--methods", help="comma-separated operations (default: all)")
+    p.add_argument("--path", help="glob relative to the mount root; ** spans directories")
+    p.add_argument("--percent", type=float, help="share of matching operations hit (100)")
+    p.add_argument("--id", help="rule id (default: generated)")
+    p.add_argument("--attr", type=parse_attrs, help="attr: overrides, e.g. size=123,mode=0600")
+    p.add_argument("--filling", choices=("zero", "random"), help="mistake: what to write")
+    p.add_argument("--max-occurrences", type=int, help="mistake: corrupted runs per operation")
+    p.add_argument("--max-length", type=int, help="mistake: bytes per corrupted run")
+    p.add_argument("--short-bytes", type=parse_size, help="short: bytes moved (default random)")
+    p.add_argument("--quota", type=parse_size, help="enospc: growth allowed, e.g. 64KiB")
+    p.add_argument("--count", type=int, help="fire on at most N operations")
+    p.add_argument("--after", type=int, help="let the first K matching operations pass")
+    expiry = p.add_mutually_exclusive_group()
+    expiry.add_argument("--ttl", type=parse_duration, help="the sidecar drops the rule after this")
+    expiry.add_argument("--expires-at", type=parse_time, help="absolute expiry (ISO 8601 or epoch)")
+    p.add_argument("--caller-pid", type=int, help="only operations by this process id")
+    p.add_argument("--caller-uid", type=int, help="only operations by this user id")
+    p.add_argument("--caller-comm", help="only operations by processes of this name")
+    p.add_argument("--seed", type=int, help="make the rule's random choices reproducible")
+    p.add_argument("--dry-run", action="store_true", help="count what would happen, inject nothing")
+
+
+_ATTR_INTS = ("size", "uid", "gid", "nlink", "ino", "blocks", "rdev")
+_PASSED_THROUGH = (
+    "attr",
+    "filling",
+    "max_occurrences",
+    "max_length",
+    "short_bytes",
+    "quota",
+    "count",
+    "after",
+    "expires_at",
+    "caller_pid",
+    "caller_uid",
+    "caller_comm",
+    "seed",
+)
+
+
+def parse_attrs(text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise ValueError(f"expected name=value, got {item!r}")
+        if name == "mode":
+            out[name] = int(value, 8)
+        elif name == "kind":
+            out[name] = value
+        elif name in ("atime", "mtime", "ctime"):
+            out[name] = parse_time(value)
+        elif name == "size":
+            out[name] = parse_size(value)
+        elif name in _ATTR_INTS:
+            out[name] = int(value, 0)
+        else:
+            raise ValueError(f"unknown attribute {name!r}")
+    return out
+
+
+def parse_time(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"invalid time {text!r}: use ISO 8601 or seconds since the epoch"
+        ) from None
+
+
+def rule_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The rule's wire form, validated here with the sidecar's own rules.
+
+    The id is fixed now and a ttl becomes an absolute expiry, so that the command
+    and the desired state recorded for it describe the very same rule.
+    """
+    rule: dict[str, Any] = {"action": args.action, "id": args.id or new_rule_id()}
+    if args.errno is not None:
+        parts = [p.strip() for p in args.errno.split(",") if p.strip()]
+        values: list[Any] = [int(p) if p.lstrip("-").isdigit() else p for p in parts]
+        rule["errno"] = values[0] if len(values) == 1 else values
+    if args.delay is not None:
+        rule["delay"] = args.delay
+    if args.jitter is not None:
+        rule["jitter"] = args.jitter
+    if args.methods:
+        rule["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.path is not None:
+        rule["path"] = args.path
+    if args.percent is not None:
+        rule["percent"] = args.percent
+    for name in _PASSED_THROUGH:
+        value = getattr(args, name)
+        if value is not None:
+            rule[name] = value
+    if args.ttl is not None:
+        if args.ttl <= 0:
+            raise UsageError("invalid rule: ttl must be a positive number of seconds")
+        rule["expires_at"] = time.time() + args.ttl
+    if args.dry_run:
+        rule["dry_run"] = True
+    try:
+        FaultRule.from_wire(dict(rule))
+    except RuleError as exc:
+        raise UsageError(f"invalid rule: {exc}") from None
+    return rule
+
+
+def target_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """A fleet target from --namespace (repeatable), --selector k=v,... and --pods GLOB."""
+    selector: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in (args.selector or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--selector takes k=v pairs, got {item!r}")
+        selector[key.strip()] = value.strip()
+    target: dict[str, Any] = {}
+    if args.namespace:
+        target["namespaces"] = list(args.namespace)
+    if selector:
+        target["selector"] = selector
+    if args.pods:
+        target["pods"] = args.pods
+    return target

@@ -1,0 +1,386 @@
+"""The fleet: broadcasts with acknowledgements, the registry, desired state that
+survives restarts, and the audit trail."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN, chaosctl, wait_for
+
+
+def ctl_json(url: str, *args: str) -> tuple[int, object]:
+    done = chaosctl(url, "--json", *args)
+    try:
+        return done.returncode, json.loads(done.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"not JSON: {done.stdout!r} {done.stderr!r}") from None
+
+
+def rule_ids(sc) -> list[str]:
+    return sorted(r["id"] for r in sc.request({"op": "status"})["rules"])
+
+
+@pytest.fixture
+def fleet(make_sidecar):
+    return {
+        "a/tikv-0": make_sidecar(
+            "a/tikv-0", env={"POD_LABELS": "app=tikv"}, extra=["-heartbeat", "300ms"]
+        ),
+        "a/pd-0": make_sidecar(
+            "a/pd-0", env={"POD_LABELS": "app=pd"}, extra=["-heartbeat", "300ms"]
+        ),
+        "b/tikv-0": make_sidecar(
+            "b/tikv-0", env={"POD_LABELS": "app=tikv"}, extra=["-heartbeat", "300ms"]
+        ),
+    }
+
+
+def registered(url: str, n: int) -> bool:
+    code, data = ctl_json(url, "sidecars")
+    return code == 0 and sum(not e["lost"] for e in data) == n
+
+
+def test_broadcast_reaches_every_matching_sidecar_and_says_so(fleet, nats_server):
+    url = nats_server.url
+    wait_for(lambda: registered(url, 3), what="3 registered sidecars")
+    done = chaosctl(
+        url,
+        "fault",
+        "broadcast",
+        "--selector",
+        "app=tikv",
+        "--action",
+        "errno",
+        "--errno",
+        "EIO",
+        "--methods",
+        "read",
+        "--id",
+        "sick",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "applied on 2 of 2 sidecars" in done.stdout
+    assert rule_ids(fleet["a/tikv-0"]) == ["sick"] and rule_ids(fleet["b/tikv-0"]) == ["sick"]
+    assert rule_ids(fleet["a/pd-0"]) == []
+
+    code, data = ctl_json(
+        url,
+        "fault",
+        "broadcast",
+        "--namespace",
+        "a",
+        "--action",
+        "latency",
+        "--delay",
+        "1ms",
+        "--id",
+        "slow",
+    )
+    assert code == 0 and data == {"acked": ["a/pd-0", "a/tikv-0"], "missing": [], "errors": []}
+    code, data = ctl_json(
+        url,
+        "fault",
+        "broadcast",
+        "--pods",
+        "pd-*",
+        "--action",
+        "latency",
+        "--delay",
+        "1ms",
+        "--id",
+        "pds",
+    )
+    assert code == 0 and data["acked"] == ["a/pd-0"]
+
+    code, data = ctl_json(url, "fault", "recover", "--fleet", "--id", "sick")
+    assert code == 0 and sorted(data["acked"]) == ["a/pd-0", "a/tikv-0", "b/tikv-0"]
+    assert rule_ids(fleet["a/tikv-0"]) == ["slow"]
+    code, data = ctl_json(url, "fault", "recover", "--fleet", "--all")
+    assert code == 0 and all(rule_ids(sc) == [] for sc in fleet.values())
+
+
+def test_a_sidecar_that_does_not_answer_is_named_and_fails_the_command(fleet, nats_server):
+    url = nats_server.url
+    wait_for(lambda: registered(url, 3), what="3 registered sidecars")
+    fleet["b/tikv-0"].proc.send_signal(signal.SIGSTOP)  # alive and registered, but mute
+    try:
+        done = chaosctl(
+            url,
+            "--timeout",
+            "1.5s",
+            "--json",
+            "fault",
+            "broadcast",
+            "--selector",
+            "app=tikv",
+            "--action",
+            "errno",
+            "--errno",
+            "EIO",
+        )
+        data = json.loads(done.stdout)
+        assert done.returncode != 0
+        assert data["acked"] == ["a/tikv-0"] and data["missing"] == ["b/tikv-0"]
+        text = chaosctl(
+            url,
+            "--timeout",
+            "1s",
+            "fault",
+            "broadcast",
+            "--selector",
+            "app=tikv",
+            "--action",
+            "errno",
+            "--errno",
+            "EIO",
+        )
+        assert "applied on 1 of 2 sidecars" in text.stdout and "b/tikv-0" in text.stdout
+    finally:
+        fleet["b/tikv-0"].proc.send_signal(signal.SIGCONT)
+
+
+def test_errors_are_reported_per_sidecar(fleet, nats_server):
+    url = nats_server.url
+    wait_for(lambda: registered(url, 3), what="3 registered sidecars")
+    # 1020 rules fill a tikv sidecar up; the next broadcast fails there only.
+    rules = [
+        {"id": f"f{i}", "action": "latency", "delay": 0.001, "path": f"n{i}"} for i in range(1024)
+    ]
+    assert fleet["a/tikv-0"].request({"op": "set", "rules": rules})["ok"]
+    code, data = ctl_json(
+        url,
+        "fault",
+        "broadcast",
+        "--namespace",
+        "a",
+        "--action",
+        "errno",
+        "--errno",
+        "EIO",
+        "--id",
+        "one-more",
+    )
+    assert code == 1
+    assert data["acked"] == ["a/pd-0"]
+    assert data["errors"][0]["pod"] == "a/tikv-0" and "at most 1024" in data["errors"][0]["error"]
+
+
+def test_registry_lists_sidecars_and_marks_the_lost(fleet, nats_server):
+    url = nats_server.url
+    wait_for(lambda: registered(url, 3), what="3 registered sidecars")
+    fleet["a/tikv-0"].request(
+        {"op": "set", "rules": [{"id": "r", "action": "errno", "errno": "EIO", "path": "x"}]}
+    )
+    code, data = ctl_json(url, "sidecars")
+    assert code == 0 and [e["pod"] for e in data] == ["a/pd-0", "a/tikv-0", "b/tikv-0"]
+    entry = next(e for e in data if e["pod"] == "a/tikv-0")
+    assert entry["version"] and entry["mountpoint"] == str(fleet["a/tikv-0"].mountpoint)
+    wait_for(
+        lambda: (
+            next(e for e in ctl_json(url, "sidecars")[1] if e["pod"] == "a/tikv-0")["rules"]
+            == [{"id": "r", "action": "errno", "fired": 0}]
+        ),
+        what="rules in registry",
+    )
+    fleet["a/pd-0"].stop(signal.SIGKILL)  # no goodbye: it must show as lost
+    wait_for(
+        lambda: next(e for e in ctl_json(url, "sidecars")[1] if e["pod"] == "a/pd-0")["lost"],
+        timeout=5,
+        what="a/pd-0 lost",
+    )
+    fleet["b/tikv-0"].stop()  # a clean stop leaves the registry
+    wait_for(
+        lambda: "b/tikv-0" not in [e["pod"] for e in ctl_json(url, "sidecars")[1]],
+        what="b/tikv-0 gone",
+    )
+    text = chaosctl(url, "sidecars", "--namespace", "a").stdout
+    assert "lost" in text and "alive" in text and "b/tikv-0" not in text
+
+
+def test_desired_state_survives_kill_9_and_reaches_late_sidecars(make_sidecar, nats_server):
+    url = nats_server.url
+    sc = make_sidecar("a/db-0", env={"POD_LABELS": "app=db"})
+    assert (
+        chaosctl(
+            url,
+            "fault",
+            "set",
+            "--pod",
+            "a/db-0",
+            "--action",
+            "errno",
+            "--errno",
+            "EIO",
+            "--methods",
+            "read",
+            "--id",
+            "keep",
+        ).returncode
+        == 0
+    )
+    assert (
+        chaosctl(
+            url,
+            "fault",
+            "set",
+            "--pod",
+            "a/db-0",
+            "--action",
+            "errno",
+            "--errno",
+            "EIO",
+            "--id",
+            "brief",
+            "--ttl",
+            "1s",
+            "--path",
+            "nothing",
+        ).returncode
+        == 0
+    )
+    assert (
+        chaosctl(
+            url,
+            "fault",
+            "broadcast",
+            "--selector",
+            "app=db",
+            "--action",
+            "latency",
+            "--delay",
+            "1ms",
+            "--id",
+            "everyone",
+        ).returncode
+        == 0
+    )
+    assert rule_ids(sc) == ["brief", "everyone", "keep"]
+    sc.stop(signal.SIGKILL)
+    time.sleep(1.2)  # "brief" expires while the sidecar is down
+    sc.start()
+    wait_for(lambda: rule_ids(sc) == ["everyone", "keep"], what="rules restored from KV")
+    (sc.mountpoint / "f").write_text("x")
+    with pytest.raises(OSError):
+        (sc.mountpoint / "f").read_text()
+
+    # A sidecar that starts after the broadcast still gets the fleet's rules.
+    late = make_sidecar("a/db-1", env={"POD_LABELS": "app=db"})
+    wait_for(lambda: rule_ids(late) == ["everyone"], what="the late sidecar converged")
+    other = make_sidecar("a/web-0", env={"POD_LABELS": "app=web"})
+    time.sleep(0.5)
+    assert rule_ids(other) == []
+
+    # Recover takes rules out of desired state: a restart does not bring them back.
+    assert chaosctl(url, "fault", "recover", "--pod", "a/db-0", "--id", "keep").returncode == 0
+    assert chaosctl(url, "fault", "recover", "--pod", "a/db-0", "--id", "everyone").returncode == 0
+    sc.stop(signal.SIGKILL)
+    sc.start()
+    time.sleep(0.5)
+    assert rule_ids(sc) == []
+    assert rule_ids(late) == ["everyone"]  # withdrawn from a/db-0 only
+
+
+def test_status_shows_drift_from_desired_state(sidecar, nats_server):
+    url = nats_server.url
+    assert (
+        sidecar.ctl(
+            "fault",
+            "set",
+            "--pod",
+            sidecar.pod,
+            "--action",
+            "errno",
+            "--errno",
+            "EIO",
+            "--id",
+            "d1",
+            "--path",
+            "x",
+        ).returncode
+        == 0
+    )
+    _code, data = ctl_json(url, "status", "--pod", sidecar.pod)
+    assert data["drift"] == {"missing": [], "unexpected": [], "different": []}
+    assert "desired state: in sync" in sidecar.ctl("status", "--pod", sidecar.pod).stdout
+    # Behind chaosctl's back: a raw command drops the rule, another adds one.
+    sidecar.request({"op": "recover", "id": "d1"})
+    sidecar.request({"op": "set", "rules": [{"id": "rogue", "action": "latency", "delay": 0.01}]})
+    _, data = ctl_json(url, "status", "--pod", sidecar.pod)
+    assert data["drift"] == {"missing": ["d1"], "unexpected": ["rogue"], "different": []}
+    text = sidecar.ctl("status", "--pod", sidecar.pod).stdout
+    assert "missing: d1" in text and "unexpected: rogue" in text
+
+
+def audit(url: str, *args: str) -> list[dict]:
+    done = chaosctl(url, "audit", "--json", *args)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_audit_trail_replays_filters_and_follows(sidecar, nats_server):
+    url = nats_server.url
+    sidecar.ctl(
+        "fault",
+        "set",
+        "--pod",
+        sidecar.pod,
+        "--action",
+        "errno",
+        "--errno",
+        "EIO",
+        "--id",
+        "a1",
+        "--path",
+        "x",
+    )
+    sidecar.request({"op": "set", "rules": [{"action": "melt"}], "actor": "mallory@evil"})
+    sidecar.ctl("fault", "recover", "--pod", sidecar.pod, "--all")
+    wait_for(lambda: any(e["kind"] == "rule.recovered" for e in audit(url)), what="audit")
+    events = audit(url)
+    kinds = [e["kind"] for e in events]
+    assert kinds.index("sidecar.ready") < kinds.index("rule.set") < kinds.index("rule.recovered")
+    for e in events:
+        assert {"kind", "pod", "time", "id", "v", "actor"} <= set(e)
+    rule_set = next(e for e in events if e["kind"] == "rule.set")
+    assert rule_set["pod"] == sidecar.pod and "@" in rule_set["actor"]
+    assert rule_set["rules"][0]["id"] == "a1"
+    rejected = next(e for e in events if e["kind"] == "rule.rejected")
+    assert rejected["actor"] == "mallory@evil" and "action must be one of" in rejected["reason"]
+    assert [e["kind"] for e in audit(url, "--kind", "rule.set")] == ["rule.set"]
+    assert audit(url, "--pod", "other/pod") == []
+    assert all(e["seq"] >= 3 for e in audit(url, "--since-seq", "3"))
+    assert len(audit(url, "--since", "10m")) == len(events)
+    assert "rule.set" in chaosctl(url, "audit").stdout  # the human form
+
+    follower = subprocess.Popen(
+        [str(BIN / "chaosctl"), "--nats", url, "audit", "--json", "--follow", "--kind", "rule.set"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = json.loads(follower.stdout.readline())
+        assert first["rules"][0]["id"] == "a1"
+        sidecar.ctl(
+            "fault",
+            "set",
+            "--pod",
+            sidecar.pod,
+            "--action",
+            "errno",
+            "--errno",
+            "EIO",
+            "--id",
+            "a2",
+            "--path",
+            "x",
+        )
+        second = json.loads(follower.stdout.readline())
+        assert second["rules"][0]["id"] == "a2"
+    finally:
+        follower.terminate()
+        follower.wait(5)
