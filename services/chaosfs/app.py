@@ -13,6 +13,7 @@ import trio
 from chaosbus import __version__
 from chaosbus.logs import configure
 
+from . import metrics
 from .cli import Config
 from .control import BusControl
 from .faults import FaultEngine
@@ -94,6 +95,8 @@ async def _serve(config: Config, ops: ChaosOperations, engine: FaultEngine, log)
         log.info("ready", pidfile=config.pidfile)
         bus = BusControl(config, engine, ops, trio.lowlevel.current_trio_token(), log)
         bus.start()
+        if config.metrics_addr:
+            metrics.serve(config.metrics_addr, engine, bus)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("signal", signal=signal.Signals(signum).name)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaosbus import __version__
-from chaosbus.bus import default_url
+from chaosbus.bus import BusAuth, default_url
 from chaosbus.durations import parse_duration
 from chaosbus.goflags import Flag, FlagError, parse_flags, usage
 from chaosbus.subjects import parse_pod
@@ -39,6 +39,18 @@ FLAGS = (
         "the pod's labels: a downward API labels file (default: $POD_LABELS as k=v,k=v)",
         metavar="FILE",
     ),
+    Flag("nats-user", "NATS user ($NATS_USER)", metavar="USER"),
+    Flag(
+        "nats-password-file", "file holding the NATS password ($NATS_PASSWORD_FILE)", metavar="FILE"
+    ),
+    Flag("nats-creds", "NATS creds file ($NATS_CREDS)", metavar="FILE"),
+    Flag("nats-nkey", "NATS nkey seed file ($NATS_NKEY)", metavar="FILE"),
+    Flag(
+        "nats-ca", "CA bundle that signed the NATS server's certificate ($NATS_CA)", metavar="FILE"
+    ),
+    Flag("nats-cert", "client certificate for NATS ($NATS_CERT)", metavar="FILE"),
+    Flag("nats-key", "client key for NATS ($NATS_KEY)", metavar="FILE"),
+    Flag("metrics-addr", "serve Prometheus /metrics on HOST:PORT", metavar="HOST:PORT"),
     Flag(
         "cache-timeout",
         "how long the kernel may cache names and attributes",
@@ -73,6 +85,8 @@ class Config:
     log_level: str
     ignored_addr: str | None
     labels: dict[str, str] = field(default_factory=dict)
+    auth: BusAuth = field(default_factory=BusAuth)
+    metrics_addr: str | None = None
 
     @property
     def pod_ref(self) -> str:
@@ -101,6 +115,22 @@ def parse_config(argv: Sequence[str], env: dict[str, str]) -> Config:
                 "no pod identity: pass -pod NAMESPACE/NAME or set POD_NAMESPACE and POD_NAME"
             )
     labels = read_labels(values["labels"]) if values["labels"] else env_labels(env)
+    auth = BusAuth.resolve(
+        {
+            "user": values["nats-user"],
+            "password_file": values["nats-password-file"],
+            "creds": values["nats-creds"],
+            "nkey": values["nats-nkey"],
+            "ca": values["nats-ca"],
+            "cert": values["nats-cert"],
+            "key": values["nats-key"],
+        },
+        env,
+    )
+    try:
+        auth.options()  # unreadable credential files are a start-up error, not a retry loop
+    except (ValueError, OSError) as exc:
+        raise FlagError(str(exc)) from None
     if values["heartbeat"] <= 0:
         raise FlagError("-heartbeat must be above zero")
     return Config(
@@ -115,6 +145,8 @@ def parse_config(argv: Sequence[str], env: dict[str, str]) -> Config:
         log_level=values["log-level"],
         ignored_addr=values["addr"],
         labels=labels,
+        auth=auth,
+        metrics_addr=values["metrics-addr"],
     )
 
 

@@ -68,6 +68,7 @@ class BusControl:
         self.audit: AuditLog | None = None
         self._last_error = ""
         self._last_error_at = 0.0
+        self.commands: dict[tuple[str, str], int] = {}  # (op, ok|rejected|error): for metrics
         self._thread = threading.Thread(target=self._run, name="chaosfs-bus", daemon=True)
 
     # --- thread lifecycle ---------------------------------------------------------
@@ -232,6 +233,7 @@ class BusControl:
             connect(
                 self.config.nats_url,
                 name=f"chaosfs {self.config.pod_ref}",
+                auth=self.config.auth,
                 on_reconnect=self._on_reconnect,
                 on_disconnect=self._on_disconnect,
                 on_error=self._on_error,
@@ -267,6 +269,14 @@ class BusControl:
         if text != self._last_error or now - self._last_error_at > 30:
             self.log.warning("bus_error", error=text)
             self._last_error, self._last_error_at = text, now
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def _count(self, op: Any, result: str) -> None:
+        key = (str(op) if op in protocol.OPS else "invalid", result)
+        self.commands[key] = self.commands.get(key, 0) + 1
 
     # --- events ------------------------------------------------------------------
 
@@ -335,7 +345,9 @@ class BusControl:
                 if not target.matches(self.config.namespace, self.config.pod, self.labels):
                     return  # not for us: stay silent, as a non-subscriber would
             reply = await self._dispatch(op, command, log, fleet)
+            self._count(op, "ok")
         except (codec.DecodeError, protocol.CommandError, RuleError) as exc:
+            self._count(command.get("op") if isinstance(command, dict) else None, "rejected")
             log.warning("command_rejected", reason=str(exc), bytes=len(msg.data))
             actor = command.get("actor") if isinstance(command, dict) else None
             self._audit(
@@ -343,6 +355,7 @@ class BusControl:
             )
             reply = protocol.error(pod, str(exc))
         except Exception as exc:
+            self._count(command.get("op") if isinstance(command, dict) else None, "error")
             log.exception("command_failed")
             reply = protocol.error(pod, f"internal error: {exc}")
         if msg.reply:

@@ -125,6 +125,7 @@ class FaultEngine:
         self.events: collections.deque[tuple] = collections.deque(maxlen=EVENT_BACKLOG)
         self.events_dropped = 0
         self.managed: set[str] = set()  # ids that desired state put here
+        self.fired_by: dict[tuple[str, str], int] = {}  # (action, method): for metrics
         self._budget = EVENTS_PER_SECOND
         self._budget_at = time.monotonic()
 
@@ -228,6 +229,8 @@ class FaultEngine:
                 continue
             st.fired += 1
             st.last_fired = now or time.time()
+            key = (rule.action, method)
+            self.fired_by[key] = self.fired_by.get(key, 0) + 1
             self._record(method, rule, pid, inode, path)
             if rule.dry_run:
                 continue

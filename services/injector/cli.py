@@ -7,9 +7,9 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from chaosbus.bus import default_url
+from chaosbus.bus import BusAuth, add_bus_arguments, auth_from_args, default_url
 from chaosbus.logs import configure
 
 DEFAULT_PREFIX = "admission-webhook.chaos-mesh.org"
@@ -25,6 +25,7 @@ class Config:
     log_level: str
     metrics_addr: str | None
     tls_reload_interval: float
+    auth: BusAuth = field(default_factory=BusAuth)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,12 +44,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often to look for a rotated certificate (default 2)",
     )
-    p.add_argument(
-        "--nats",
-        default=None,
-        metavar="URL",
-        help="NATS server URL(s), comma separated (default $NATS_URL, then nats://127.0.0.1:4222)",
-    )
+    add_bus_arguments(p)
     p.add_argument(
         "--annotation-namespace",
         default=DEFAULT_PREFIX,
@@ -78,6 +74,7 @@ def parse_config(argv: Sequence[str]) -> Config:
         log_level=args.log_level,
         metrics_addr=args.metrics_addr,
         tls_reload_interval=args.tls_reload_interval,
+        auth=auth_from_args(args),
     )
 
 

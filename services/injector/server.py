@@ -89,7 +89,7 @@ async def serve(config: Config, log: Any) -> None:
     tls = ReloadingContext(
         config.tls_cert, config.tls_key, config.tls_reload_interval, log, metrics
     )
-    sync = StoreSync(config.nats_url, state, metrics, log)
+    sync = StoreSync(config.nats_url, state, metrics, log, config.auth)
     runners: list[web.AppRunner] = []
 
     runner = web.AppRunner(build_app(state, config.prefix, metrics, log), access_log=None)

@@ -26,7 +26,7 @@ from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from chaosbus import codec
-from chaosbus.bus import connect
+from chaosbus.bus import BusAuth, connect
 from chaosbus.injection import (
     NAMESPACES_BUCKET,
     RENDERINGS_BUCKET,
@@ -90,7 +90,10 @@ DECODERS: dict[str, Decoder] = {
 
 
 class StoreSync:
-    def __init__(self, url: str, state: State, metrics: Metrics, log: Any) -> None:
+    def __init__(
+        self, url: str, state: State, metrics: Metrics, log: Any, auth: BusAuth | None = None
+    ) -> None:
+        self.auth = auth
         self.url = url
         self.state = state
         self.metrics = metrics
@@ -146,6 +149,7 @@ class StoreSync:
                 nc = await connect(
                     self.url,
                     name="chaos-injector",
+                    auth=self.auth,
                     on_reconnect=self._on_reconnect,
                     on_disconnect=self._on_disconnect,
                     on_error=self._on_error,

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from chaosbus.audit import AuditLog, ensure_stream
-from chaosbus.bus import connect, default_url
+from chaosbus.bus import add_bus_arguments, auth_from_args, connect, default_url
 from chaosbus.durations import parse_duration
 from chaosbus.labels import Selector
 from chaosbus.logs import configure
+from chaosbus.metrics import start_metrics
 from chaosbus.sizes import parse_size
 
 from .core import TemplateWatcher
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="prefix of the pod and namespace annotations that ask for injection",
     )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
-    p.add_argument("--nats", default=None, help="NATS URL (default $NATS_URL)")
+    add_bus_arguments(p)
+    p.add_argument("--metrics-addr", help="serve Prometheus /metrics on HOST:PORT")
     p.add_argument("--audit-max-age", type=parse_duration, default=7 * 86400.0)
     p.add_argument("--audit-max-bytes", type=parse_size, default=1 << 30)
     p.add_argument("--log-level", default="info")
@@ -118,7 +120,9 @@ async def run(args: argparse.Namespace) -> int:
     log = configure("template-watcher", args.log_level)
     namespace = args.namespace or default_namespace()
     url = args.nats or default_url()
-    nc = await connect(url, name="chaos-template-watcher")
+    if args.metrics_addr:
+        start_metrics(args.metrics_addr)
+    nc = await connect(url, name="chaos-template-watcher", auth=auth_from_args(args))
     audit = AuditLog("template-watcher", log)
     await ensure_stream(nc, max_age=args.audit_max_age, max_bytes=args.audit_max_bytes)
     audit.start(nc)

@@ -17,12 +17,20 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from prometheus_client import Counter, Gauge
+
 from chaosbus import gotemplate
 from chaosbus.injection import Rendering, rendering_key
 
 from .configs import ConfigError, InjectionConfig, parse_configs, template_text, validate_spec
 
 STREAMS = ("templates", "configs", "namespaces")
+
+RENDERINGS = Gauge("chaos_template_renderings", "Renderings in force")
+PUBLISHED = Counter("chaos_template_renderings_published_total", "Renderings written to KV")
+REMOVED = Counter("chaos_template_renderings_removed_total", "Renderings removed from KV")
+RENDER_ERRORS = Counter("chaos_template_render_errors_total", "Configs that failed to render")
+EVENTS = Counter("chaos_template_source_events_total", "Source events applied", ["stream", "type"])
 
 
 class Store(Protocol):
@@ -72,6 +80,7 @@ class TemplateWatcher:
 
     async def apply(self, stream: str, event: Any) -> None:
         """Take one source event (RESET, ADDED, MODIFIED, DELETED) and reconcile."""
+        EVENTS.labels(stream, event.type).inc()
         async with self._lock:
             table = self._table(stream)
             if event.type == "RESET":
@@ -175,6 +184,7 @@ class TemplateWatcher:
         await self._publish(desired, keep)
         await self._report_errors(errors)
         await self._mirror_namespaces()
+        RENDERINGS.set(len(self.published))
 
     async def _publish(self, desired: dict[str, Rendering], keep: set[str]) -> None:
         for key, rendering in sorted(desired.items()):
@@ -184,6 +194,7 @@ class TemplateWatcher:
             await self.store.put_rendering(key, rendering)
             self.published[key] = rendering
             self._sources[key] = rendering.source
+            PUBLISHED.inc()
             self.log.info(
                 "rendering_published",
                 config=rendering.name,
@@ -200,6 +211,7 @@ class TemplateWatcher:
         for key in sorted(set(self.published) - set(desired) - keep):
             gone = self.published.pop(key)
             self._sources.pop(key, None)
+            REMOVED.inc()
             await self.store.delete_rendering(key)
             self.log.info("rendering_removed", config=gone.name, namespace=gone.namespace)
             await self.store.report(
@@ -212,6 +224,7 @@ class TemplateWatcher:
     async def _report_errors(self, errors: dict[str, str]) -> None:
         for source, message in sorted(errors.items()):
             if self._errors.get(source) != message:
+                RENDER_ERRORS.inc()
                 self.log.warning("render_failed", source=source, error=message)
                 await self.store.report("template.failed", source=source, error=message)
         self._errors = errors
