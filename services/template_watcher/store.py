@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from chaosbus import codec
+from chaosbus import codec, desired, registry
 from chaosbus.audit import AuditLog
 from chaosbus.injection import (
     NAMESPACES_BUCKET,
@@ -35,6 +35,10 @@ class KVStore:
         """Open (or create) the buckets and return what they already hold."""
         self.renderings = await open_bucket(self.nc, RENDERINGS_BUCKET)
         self.namespaces = await open_bucket(self.nc, NAMESPACES_BUCKET)
+        # The fleet's buckets too: with locked-down NATS, sidecars and chaosctl may
+        # use them but not create them, and this service runs first and always.
+        await open_bucket(self.nc, desired.BUCKET)
+        await open_bucket(self.nc, registry.BUCKET)
         renderings: dict[str, Rendering] = {}
         for key, value in (await _contents(self.renderings)).items():
             try:
