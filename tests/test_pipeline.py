@@ -158,3 +158,38 @@ def test_a_template_edit_on_disk_reaches_the_injector_quickly(pipeline):
 
     wait_for(lambda: image() == "pingcap/chaos-fs:edited", what="the edited template")
     assert time.monotonic() - started < 2.0
+
+
+def _audit(url: str, kind: str) -> list[dict]:
+    from conftest import chaosctl
+
+    done = chaosctl(url, "audit", "--json", "--kind", kind)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_admissions_are_audited(pipeline, nats_server):
+    _, injector = pipeline
+    admit(injector, tikv({f"{PREFIX}/request": "chaosfs-tikv"}))
+    admit(injector, tikv())
+    wait_for(lambda: _audit(nats_server.url, "pod.skipped"), what="a skip in the audit trail")
+    injected = _audit(nats_server.url, "pod.injected")
+    assert injected and injected[-1]["pod"] == "chaos-testing/tikv-0"
+    assert injected[-1]["config"] == "chaosfs-tikv" and injected[-1]["service"] == "injector"
+    skipped = _audit(nats_server.url, "pod.skipped")
+    assert skipped[-1]["pod"] == "chaos-testing/tikv-0" and skipped[-1]["reason"]
+    published = _audit(nats_server.url, "rendering.published")
+    assert {e["config"] for e in published} >= {"chaosfs-tikv", "chaosfs-pd"}
+
+
+def test_a_silent_sidecar_is_audited_as_lost(pipeline, nats_server, make_sidecar):
+    import signal
+
+    sc = make_sidecar("chaos-testing/tikv-9", extra=["-heartbeat", "300ms"])
+    sc.stop(signal.SIGKILL)
+    lost = wait_for(
+        lambda: _audit(nats_server.url, "sidecar.lost"),
+        timeout=10,
+        what="sidecar.lost in the audit trail",
+    )
+    assert lost[0]["pod"] == "chaos-testing/tikv-9" and lost[0]["service"] == "template-watcher"

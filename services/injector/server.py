@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from chaosbus.audit import AuditLog
+
 from . import admission
 from .cli import Config
 from .metrics import Metrics
@@ -33,7 +35,18 @@ def _exit_anyway_after(seconds: float) -> None:
     timer.start()
 
 
-def build_app(state: State, prefix: str, metrics: Metrics, log: Any) -> web.Application:
+AUDIT_KINDS = {
+    admission.INJECTED: "pod.injected",
+    admission.UNCHANGED: "pod.skipped",
+    admission.SKIPPED: "pod.skipped",
+    admission.ERROR: "pod.error",
+    admission.INVALID: "admission.invalid",
+}
+
+
+def build_app(
+    state: State, prefix: str, metrics: Metrics, log: Any, audit: AuditLog | None = None
+) -> web.Application:
     async def inject(request: web.Request) -> web.Response:
         started = time.perf_counter()
         try:
@@ -60,6 +73,18 @@ def build_app(state: State, prefix: str, metrics: Metrics, log: Any) -> web.Appl
             ms=round(elapsed * 1000, 3),
             **verdict.fields,
         )
+        if audit is not None:
+            # Queued, never awaited: admission does not wait for the audit trail.
+            fields = verdict.fields
+            pod = f"{fields.get('namespace')}/{fields.get('pod')}" if fields.get("pod") else None
+            audit.record(
+                AUDIT_KINDS.get(verdict.outcome, "admission"),
+                pod=pod,
+                outcome=verdict.outcome,
+                reason=verdict.reason,
+                config=fields.get("config"),
+                uid=fields.get("uid"),
+            )
         return web.json_response(verdict.body, status=verdict.status)
 
     async def healthz(_: web.Request) -> web.Response:
@@ -90,9 +115,11 @@ async def serve(config: Config, log: Any) -> None:
         config.tls_cert, config.tls_key, config.tls_reload_interval, log, metrics
     )
     sync = StoreSync(config.nats_url, state, metrics, log, config.auth)
+    audit = AuditLog("injector", log)
+    sync.on_connect = audit.start
     runners: list[web.AppRunner] = []
 
-    runner = web.AppRunner(build_app(state, config.prefix, metrics, log), access_log=None)
+    runner = web.AppRunner(build_app(state, config.prefix, metrics, log, audit), access_log=None)
     await runner.setup()
     runners.append(runner)
     host, port = split_hostport(config.listen)

@@ -94,6 +94,7 @@ class StoreSync:
         self, url: str, state: State, metrics: Metrics, log: Any, auth: BusAuth | None = None
     ) -> None:
         self.auth = auth
+        self.on_connect: Callable[[Client], None] | None = None  # once, with the connection
         self.url = url
         self.state = state
         self.metrics = metrics
@@ -116,6 +117,8 @@ class StoreSync:
     async def run(self) -> None:
         """Until cancelled: connect, mirror, re-read after every reconnect."""
         self._nc = await self._connect()
+        if self.on_connect is not None:
+            self.on_connect(self._nc)
         timer = asyncio.create_task(self._resync_timer())
         backoff = BACKOFF_START
         try:

@@ -20,6 +20,7 @@ from chaosbus.metrics import start_metrics
 from chaosbus.sizes import parse_size
 
 from .core import TemplateWatcher
+from .fleet_monitor import monitor
 from .store import KVStore
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -145,6 +146,7 @@ async def run(args: argparse.Namespace) -> int:
     )
     tasks = [asyncio.create_task(_consume(watcher, n, s, log)) for n, s in streams.items()]
     tasks.append(asyncio.create_task(_resync(watcher, log)))
+    tasks.append(asyncio.create_task(monitor(nc, audit, log)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
