@@ -186,7 +186,11 @@ def test_restart_keeps_renderings_until_the_sources_are_listed(watcher):
     before = renderings(watcher.url)
     assert set(before) == {TIKV, PD}
     watcher.start()
-    wait_for(lambda: set(renderings(watcher.url)) == {TIKV}, what="the stale rendering removed")
+    wait_for(
+        lambda: set(renderings(watcher.url)) == {TIKV},
+        timeout=20,
+        what="the stale rendering removed",
+    )
     assert renderings(watcher.url)[TIKV].rendered_at == before[TIKV].rendered_at  # not rewritten
 
 

@@ -155,9 +155,11 @@ async def run(args: argparse.Namespace) -> int:
     log.info("stopping")
     for task in tasks:
         task.cancel()
-    await audit.stop()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await audit.stop(timeout=1.0)
     with contextlib.suppress(Exception):
-        await nc.close()
+        await asyncio.wait_for(nc.close(), 2.0)
+    log.info("stopped")
     return 0
 
 
