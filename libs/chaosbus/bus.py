@@ -9,6 +9,7 @@ a token (``NATS_TOKEN``), a creds file (``NATS_CREDS``), an nkey seed file
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,6 +21,16 @@ import nats
 from nats.aio.client import Client
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+class _QuietTLSClose(logging.Filter):
+    """asyncio warns on every TLS connection nats-py closes; it means nothing here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_QuietTLSClose())
 
 
 def default_url() -> str:

@@ -22,8 +22,10 @@ import structlog
 import trio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 
 from chaosbus import __version__, codec, protocol, registry
+from chaosbus.audit import STREAM as AUDIT_STREAM
 from chaosbus.audit import AuditLog, ensure_stream
 from chaosbus.bus import connect
 from chaosbus.kv import open_bucket
@@ -135,9 +137,19 @@ class BusControl:
                 chore.cancel()
 
     async def _prepare_jetstream(self, nc: Client) -> None:
-        """The audit stream and the registry bucket; a locked-down sidecar may only use them."""
-        with contextlib.suppress(Exception):
-            await ensure_stream(nc, max_age=7 * 86400.0, max_bytes=1 << 30)
+        """The audit stream and the registry bucket; a locked-down sidecar may only use them.
+
+        The stream is created only when missing, never brought to other limits (the
+        template-watcher's job): NATS does not answer a request it denies, so a
+        refused create would hold the registry back until the caller's timeout.
+        """
+        try:
+            await nc.jetstream(timeout=1.0).stream_info(AUDIT_STREAM)
+        except NotFoundError:
+            with contextlib.suppress(Exception):
+                await ensure_stream(nc, max_age=7 * 86400.0, max_bytes=1 << 30)
+        except Exception as exc:
+            self.log.warning("audit_stream_unavailable", error=str(exc))
         try:
             self._registry = await open_bucket(nc, registry.BUCKET)
         except Exception as exc:
