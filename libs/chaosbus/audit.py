@@ -92,8 +92,9 @@ class AuditLog:
             await asyncio.sleep(0.02)
         if self._task is not None:
             self._task.cancel()
+            # Bounded: a cancelled publish inside nats-py can take its time to unwind.
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+                await asyncio.wait_for(asyncio.shield(self._task), 1.0)
 
     async def _drain(self, nc: Client) -> None:
         js = nc.jetstream()

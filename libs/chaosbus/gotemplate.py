@@ -49,6 +49,8 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from .yamlfast import SafeLoader
+
 __all__ = [
     "ArgumentError",
     "Template",
@@ -1377,7 +1379,7 @@ def _check_spans_in_scalars(
         return {"line": line, "column": column, "context": action.pipe.src}
 
     try:
-        roots = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        roots = list(yaml.compose_all(text, Loader=SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         index = mark.index if mark is not None else getattr(exc, "position", len(text))

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from chaosbus.injection import SPEC_FIELDS
+from chaosbus.yamlfast import load_strings, safe_load
 
 _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 TEMPLATE_KEY = "data"  # the seed keeps a template under this key of its ConfigMap
@@ -60,7 +61,7 @@ def _parse_config(text: Any, namespace: str, source: str, revision: str) -> Inje
     if not isinstance(text, str):
         raise ConfigError("value is not a string")
     try:
-        doc = yaml.safe_load(text)
+        doc = safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
@@ -74,7 +75,7 @@ def _parse_config(text: Any, namespace: str, source: str, revision: str) -> Inje
     if not isinstance(template, str) or not template:
         raise ConfigError("template must name a template ConfigMap")
     # Chaos Mesh read arguments as strings: "1.0" stays "1.0", "yes" stays "yes".
-    arguments = (yaml.load(text, Loader=yaml.BaseLoader) or {}).get("arguments") or {}
+    arguments = (load_strings(text) or {}).get("arguments") or {}
     if not isinstance(arguments, dict):
         raise ConfigError("arguments must map names to values")
     for key, value in arguments.items():
@@ -94,7 +95,7 @@ def _parse_config(text: Any, namespace: str, source: str, revision: str) -> Inje
 def validate_spec(rendered: str, template: str) -> dict[str, Any]:
     """Parse a rendered template and check that it is an injectable spec."""
     try:
-        spec = yaml.safe_load(rendered)
+        spec = safe_load(rendered)
     except yaml.YAMLError as exc:
         raise ConfigError(f"template {template} renders invalid YAML: {exc}") from None
     if not isinstance(spec, dict):

@@ -72,6 +72,7 @@ class TemplateWatcher:
         self.published_namespaces = dict(published_namespaces or {})
         self._sources: dict[str, str] = {k: r.source for k, r in self.published.items()}
         self._parsed: dict[str, _Parsed] = {}
+        self._rendered: dict[tuple, Rendering] = {}
         self._errors: dict[str, str] = {}  # what was last reported, to report changes only
         self._lock = asyncio.Lock()
         self.reconciled = asyncio.Event()
@@ -143,9 +144,14 @@ class TemplateWatcher:
             raise LookupError(f"template {config.template} not found")
         if parsed.template is None:
             raise ConfigError(parsed.error or "template does not parse")
+        # Same config, same template: the same rendering (a resync costs nothing).
+        key = (config.source, config.name, config.revision, config.template, parsed.revision)
+        cached = self._rendered.get(key)
+        if cached is not None:
+            return cached
         # render_yaml refuses argument values that would change the YAML's structure.
         spec = validate_spec(parsed.template.render_yaml(config.arguments), config.template)
-        return Rendering(
+        rendering = Rendering(
             namespace=config.namespace,
             name=config.name,
             template=config.template,
@@ -155,6 +161,10 @@ class TemplateWatcher:
             revision=f"{config.revision}/{parsed.revision}",
             rendered_at=time.time(),
         )
+        if len(self._rendered) > 10 * (len(self.configmaps) + 10):
+            self._rendered.clear()  # old revisions: let them go
+        self._rendered[key] = rendering
+        return rendering
 
     async def _reconcile(self) -> None:
         desired: dict[str, Rendering] = {}

@@ -9,6 +9,7 @@ cheap for the handful of files such a folder holds.
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from typing import Any
 import yaml
 
 from chaosbus.labels import Selector
+from chaosbus.yamlfast import safe_load_all
 
 POLL_INTERVAL = 0.05
+_LAST_GOOD: dict[Path, list[Any]] = {}
 _KINDS = {"configmaps": "ConfigMap", "namespaces": "Namespace"}
 
 
@@ -46,10 +49,15 @@ def load_objects(folder: Path, default_namespace: str, log: Any) -> list[dict[st
     objects: list[dict[str, Any]] = []
     for path in sorted(folder.glob("*.y*ml")):
         try:
-            docs = list(yaml.safe_load_all(path.read_text()))
+            docs = safe_load_all(path.read_text())
         except (OSError, yaml.YAMLError) as exc:
-            log.warning("source_file_unreadable", file=str(path), error=str(exc))
-            continue
+            # Mid-edit or broken: what the file last said stays in force.
+            docs = _LAST_GOOD.get(path, [])
+            log.warning(
+                "source_file_unreadable", file=str(path), error=str(exc), kept_documents=len(docs)
+            )
+        else:
+            _LAST_GOOD[path] = copy.deepcopy(docs)
         for index, doc in enumerate(docs):
             if doc is None:
                 continue
@@ -83,16 +91,32 @@ async def watch_dir(
     selector = Selector(label_selector)
     wanted = _KINDS[kind]
     seen: tuple | None = None
+    last: list[dict[str, Any]] | None = None
     while True:
         current = _fingerprint(folder)
         if current != seen:
             seen = current
             objects = [
                 o
-                for o in load_objects(folder, default_namespace, log)
+                for o in _parsed(folder, current, default_namespace, log)
                 if o.get("kind") == wanted
                 and (namespace is None or o["metadata"].get("namespace") == namespace)
                 and selector.matches(o["metadata"].get("labels"))
             ]
-            yield WatchEvent("RESET", objects)
+            # An edit to a template says nothing new to the configs' stream: stay quiet.
+            if objects != last:
+                last = objects
+                yield WatchEvent("RESET", objects)
         await asyncio.sleep(interval)
+
+
+# The folder parsed once per change, shared by the streams that watch it.
+_PARSED: dict[Path, tuple[tuple, list[dict[str, Any]]]] = {}
+
+
+def _parsed(folder: Path, fingerprint: tuple, default_namespace: str, log: Any) -> list[dict]:
+    cached = _PARSED.get(folder)
+    if cached is None or cached[0] != fingerprint:
+        cached = (fingerprint, load_objects(folder, default_namespace, log))
+        _PARSED[folder] = cached
+    return copy.deepcopy(cached[1])
