@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-DEBIAN_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev shellcheck dash
+DEBIAN_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev shellcheck dash busybox
 
 .PHONY: setup system-deps test lint bench demo clean
 
@@ -25,11 +25,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: setup
-	$(VENV)/bin/ruff check libs services tests bench demo
-	$(VENV)/bin/ruff format --check libs services tests bench
+	$(VENV)/bin/ruff check libs services tests bench demo deploy
+	$(VENV)/bin/ruff format --check libs services tests bench demo deploy
 
 test: setup
-	$(VENV)/bin/ruff check libs services tests bench demo
+	$(VENV)/bin/ruff check libs services tests bench demo deploy
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
