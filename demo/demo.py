@@ -40,13 +40,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def shipped_configmaps() -> list[Path]:
-    """The template and TiKV config the project ships (deploy/), else the seed's."""
-    deploy = sorted(ROOT.glob("deploy/base/templates/*.yaml"))
-    if deploy:
-        return deploy
-    seed = ROOT / "tests" / "fixtures" / "seed"
-    return [seed / "chaosfs-sidecar.yaml", seed / "tikv-configmap.yaml"]
+def write_shipped_configmaps(folder: Path) -> list[str]:
+    """The sidecar templates and the TiKV injection config that deploy/ ships, as the
+    ConfigMaps kustomize makes of them (the seed's, if deploy/ is missing)."""
+    import yaml
+
+    templates = sorted((ROOT / "deploy" / "base" / "templates").glob("*.tmpl"))
+    example = ROOT / "deploy" / "examples" / "tikv" / "chaosfs-tikv.yaml"
+    if not templates or not example.exists():
+        seed = ROOT / "tests" / "fixtures" / "seed"
+        for name in ("chaosfs-sidecar.yaml", "tikv-configmap.yaml"):
+            shutil.copy(seed / name, folder / name)
+        return ["the seed's chaosfs-sidecar", "chaosfs-tikv"]
+    for path in templates:
+        configmap = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": path.stem,
+                "namespace": NAMESPACE,
+                "labels": {"app.kubernetes.io/component": "template"},
+            },
+            "data": {"data": path.read_text()},
+        }
+        (folder / f"{path.stem}.yaml").write_text(yaml.safe_dump(configmap))
+    shutil.copy(example, folder / example.name)
+    return [p.stem for p in templates] + ["chaosfs-tikv (deploy/examples/tikv)"]
 
 
 class Demo:
@@ -121,11 +140,9 @@ class Demo:
     def start_watcher(self) -> None:
         folder = self.work / "configmaps"
         folder.mkdir()
-        files = shipped_configmaps()
-        for path in files:
-            shutil.copy(path, folder / path.name)
-        self.step("Starting the template-watcher on a folder of ConfigMaps")
-        print("    templates: " + ", ".join(p.name for p in files))
+        names = write_shipped_configmaps(folder)
+        self.step("Starting the template-watcher on a folder of the shipped ConfigMaps")
+        print("    " + ", ".join(names))
         self.spawn(
             "template-watcher",
             str(BIN / "chaos-template-watcher"),
