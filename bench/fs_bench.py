@@ -1,0 +1,706 @@
+"""How much chaosfs costs an application: the same workloads natively and through the mount.
+
+Each workload runs on three targets, interleaved round by round so that drift in
+the machine hits all three alike:
+
+* native: a plain directory on the backing file system (the baseline);
+* chaosfs: the same file system seen through a chaosfs mount with no rules;
+* chaosfs+100 rules: that mount after 100 rules that match no file were set
+  (every method, path globs ``nomatch-N/**``).
+
+Every figure is the best of ``--repeats`` rounds, measured with
+``time.perf_counter`` and printed beside the native figure of the same run.
+The backing files are in the page cache throughout (the bench measures chaosfs,
+not the disk); what the page cache of the FUSE mount holds is said per workload.
+
+A FUSE request costs about three times more when the daemon runs on another CPU
+than the caller, so by default the bench pins itself and chaosfs to different
+CPUs (``--placement split``), as an app and its sidecar usually are; ``free``
+leaves it to the scheduler, and each round may then land either way. A round
+during which other processes took more than BUSY_PERCENT of a CPU is run again.
+
+Usage: ``python bench/fs_bench.py [--quick] [--repeats N] [--only W,...]
+[--placement split|same|free] [--dir DIR] [--chaosfs CMD]``.
+Needs root and /dev/fuse, like the tests. Benchmarks are not tests: the exit
+status says whether the bench ran, not whether the goals were met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import random
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from chaosbus import codec
+from chaosbus.subjects import pod_command
+
+MIB = 1 << 20
+PAGE = 4096
+POD_NAMESPACE, POD_NAME = "bench", "b0"
+RULE_COUNT = 100
+SEED = 20240601
+SEQ_FILE = "seq.bin"
+RAND_FILE = "rand.bin"
+BIN = Path(sys.executable).parent
+
+
+# --- configuration ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    write_mib: int  # sequential file, written and read in 1 MiB chunks
+    rand_file_mib: int  # file the 4 KiB random reads go to
+    rand_ops: int  # distinct random pages read per round
+    meta_files: int  # files created, stat'ed and unlinked per round
+    repeats: int
+
+
+FULL = Sizes(write_mib=256, rand_file_mib=64, rand_ops=10_000, meta_files=5_000, repeats=3)
+QUICK = Sizes(write_mib=16, rand_file_mib=8, rand_ops=1_000, meta_files=300, repeats=1)
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    label: str
+    unit: str
+    goal: float | None  # the issue's minimum chaosfs/native ratio, if any
+    run: Callable[[Target, Sizes], float]
+
+
+@dataclass
+class Target:
+    name: str
+    root: Path
+    fuse: bool
+
+
+@dataclass
+class Results:
+    figures: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    redone: dict[str, int] = field(default_factory=dict)  # rounds run again: machine busy
+    other_load: list[float] = field(default_factory=list)  # per kept round, % of one CPU
+
+    def add(self, workload: str, target: str, value: float) -> None:
+        self.figures.setdefault((workload, target), []).append(value)
+
+    def best(self, workload: str, target: str) -> float | None:
+        values = self.figures.get((workload, target))
+        return max(values) if values else None
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def drop_fuse_cache(target: Target, fd: int) -> None:
+    """Forget the mount's cached pages of ``fd`` so that reads reach chaosfs.
+
+    The backing file keeps its own cached pages, so chaosfs reads from memory.
+    Never done natively: that would send the baseline to the disk.
+    """
+    if target.fuse:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def read_through(fd: int, chunk: int = MIB) -> int:
+    buf = bytearray(chunk)
+    total = 0
+    while n := os.readv(fd, [buf]):
+        total += n
+    return total
+
+
+def make_file(path: Path, size_mib: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        block = random.Random(SEED).randbytes(MIB)
+        for _ in range(size_mib):
+            write_all(fd, block)
+    finally:
+        os.close(fd)
+
+
+def timed(action: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+# --- workloads ---------------------------------------------------------------------
+
+
+def seq_write(target: Target, sizes: Sizes) -> float:
+    """MiB/s writing an emptied file in 1 MiB chunks, open to close, no fsync."""
+    path = target.root / SEQ_FILE
+    # Truncate rather than unlink, and before the clock starts: through chaosfs an
+    # unlinked file is freed only when the kernel's FORGET arrives, which may be
+    # in the middle of the next round (and frees 256 MiB of page cache there).
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+    os.sync()  # earlier rounds' dirty pages must not be written back during this one
+    chunk = random.Random(SEED).randbytes(MIB)
+
+    def write() -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            for _ in range(sizes.write_mib):
+                write_all(fd, chunk)
+        finally:
+            os.close(fd)
+
+    return sizes.write_mib / timed(write)
+
+
+def _seq_read(target: Target, drop: bool) -> float:
+    path = target.root / SEQ_FILE
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if drop:
+            drop_fuse_cache(target, fd)
+        else:
+            read_through(fd)  # warm every cache on the way, then read again
+            os.lseek(fd, 0, os.SEEK_SET)
+        total = 0
+
+        def read() -> None:
+            nonlocal total
+            total = read_through(fd)
+
+        elapsed = timed(read)
+    finally:
+        os.close(fd)
+    return total / MIB / elapsed
+
+
+def seq_read(target: Target, sizes: Sizes) -> float:
+    """MiB/s reading the written file in 1 MiB chunks; every byte goes through chaosfs."""
+    return _seq_read(target, drop=True)
+
+
+def seq_reread(target: Target, sizes: Sizes) -> float:
+    """MiB/s re-reading it with the mount's page cache warm (keep_cache)."""
+    return _seq_read(target, drop=False)
+
+
+def random_offsets(sizes: Sizes) -> list[int]:
+    pages = (sizes.rand_file_mib * MIB) // PAGE
+    count = min(sizes.rand_ops, pages)
+    return [p * PAGE for p in random.Random(SEED).sample(range(pages), count)]
+
+
+def _rand_read(target: Target, sizes: Sizes, drop: bool) -> float:
+    offsets = random_offsets(sizes)
+    fd = os.open(target.root / RAND_FILE, os.O_RDONLY)
+
+    def read() -> None:
+        for offset in offsets:
+            if len(os.pread(fd, PAGE, offset)) != PAGE:
+                raise RuntimeError(f"short read at {offset}")
+
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # as a database would: no readahead
+        if drop:
+            drop_fuse_cache(target, fd)
+        else:
+            read()  # the same pages, once, untimed
+        return len(offsets) / timed(read)
+    finally:
+        os.close(fd)
+
+
+def rand_read(target: Target, sizes: Sizes) -> float:
+    """ops/s of 4 KiB preads at distinct random aligned offsets; each one reaches chaosfs."""
+    return _rand_read(target, sizes, drop=True)
+
+
+def rand_reread(target: Target, sizes: Sizes) -> float:
+    """ops/s of the same preads again, with the mount's page cache warm (keep_cache)."""
+    return _rand_read(target, sizes, drop=False)
+
+
+def metadata(target: Target, sizes: Sizes) -> float:
+    """files/s: create (with 100 bytes), then stat, then unlink N files in one directory."""
+    directory = Path(tempfile.mkdtemp(prefix="meta-", dir=target.root))
+    names = [f"f{i:06d}" for i in range(sizes.meta_files)]
+    payload = b"m" * 100
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+    def churn() -> None:
+        for name in names:
+            fd = os.open(name, flags, 0o644, dir_fd=dfd)
+            os.write(fd, payload)
+            os.close(fd)
+        for name in names:
+            os.stat(name, dir_fd=dfd)
+        for name in names:
+            os.unlink(name, dir_fd=dfd)
+
+    try:
+        return len(names) / timed(churn)
+    finally:
+        os.close(dfd)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+WORKLOADS = (
+    Workload("write", "1 MiB seq write", "MiB/s", 0.30, seq_write),
+    Workload("read", "1 MiB seq read", "MiB/s", 0.55, seq_read),
+    Workload("reread", "1 MiB seq re-read, FUSE cache warm", "MiB/s", None, seq_reread),
+    Workload("rand", "4 KiB random read", "ops/s", 0.10, rand_read),
+    Workload("rereadrand", "4 KiB random re-read, FUSE cache warm", "ops/s", None, rand_reread),
+    Workload("meta", "create+stat+unlink", "files/s", 0.40, metadata),
+)
+RULES_COST_GOAL = 5.0  # percent, chaosfs+rules against chaosfs
+BUSY_PERCENT = 20.0  # a round during which others used more CPU than this is run again
+MAX_REDONE = 3  # per workload; after that, busy rounds are kept (and the report says so)
+
+
+# --- processes -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
+def is_mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+def spawn(cmd: list[str], log: Path, cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
+    # A session of its own: Ctrl-C reaches the bench only, which then stops
+    # chaosfs before nats-server, in that order.
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # before exec: every thread inherits it
+
+    with open(log, "ab") as err:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True, preexec_fn=pin)  # fmt: skip
+
+
+def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class Bench:
+    root: Path
+    chaosfs_cmd: list[str]
+    chaosfs_cpus: set[int] | None = None
+    rules_on: bool = False
+    nats_port: int = field(default_factory=free_port)
+    nats: subprocess.Popen[bytes] | None = None
+    chaosfs: subprocess.Popen[bytes] | None = None
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def mountpoint(self) -> Path:
+        return self.root / "mnt"
+
+    @property
+    def original(self) -> Path:
+        return self.root / "original"
+
+    @property
+    def native(self) -> Path:
+        return self.root / "native"
+
+    def start(self) -> None:
+        for directory in (self.native, self.original, self.mountpoint):
+            directory.mkdir()
+        server = str(BIN / "nats-server") if (BIN / "nats-server").exists() else "nats-server"
+        cmd = [server, "-a", "127.0.0.1", "-p", str(self.nats_port)]
+        self.nats = spawn(cmd, self.root / "nats.log")
+        wait_for(lambda: port_open(self.nats_port), 10, "nats-server to listen")
+        pidfile = self.root / "chaosfs.pid"
+        self.chaosfs = spawn(
+            [*self.chaosfs_cmd, "-original", str(self.original), "-mountpoint",
+             str(self.mountpoint), "-pidfile", str(pidfile), "-pod",
+             f"{POD_NAMESPACE}/{POD_NAME}", "-nats", self.nats_url],
+            self.root / "chaosfs.log",
+            self.chaosfs_cpus,
+        )  # fmt: skip
+        wait_for(lambda: pidfile.exists() or self.chaosfs.poll() is not None, 20, "chaosfs")
+        if self.chaosfs.poll() is not None:
+            log = (self.root / "chaosfs.log").read_text(errors="replace")
+            raise RuntimeError(f"chaosfs exited with {self.chaosfs.returncode}:\n{log}")
+
+    def close(self) -> None:
+        stop(self.chaosfs)
+        if is_mounted(self.mountpoint):
+            subprocess.run(["umount", "-l", str(self.mountpoint)], check=False)
+        stop(self.nats)
+        if is_mounted(self.mountpoint):
+            print(f"warning: {self.mountpoint} is still mounted; leaving {self.root}")
+            return
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def command(self, command: dict[str, Any], timeout: float = 20.0) -> dict[str, Any]:
+        subject = pod_command(POD_NAMESPACE, POD_NAME)
+        reply = asyncio.run(_request(self.nats_url, subject, codec.encode(command), timeout))
+        if not reply.get("ok"):
+            raise RuntimeError(f"chaosfs refused {command.get('op')}: {reply.get('error')}")
+        return reply
+
+    def set_rules(self, on: bool) -> None:
+        """Set the non-matching rules, or recover them all; nothing if already so."""
+        if on == self.rules_on:
+            return
+        if on:
+            rules = [{"id": f"bench-{i}", "action": "errno", "errno": "EIO",
+                      "path": f"nomatch-{i}/**"} for i in range(RULE_COUNT)]  # fmt: skip
+            reply = self.command({"op": "set", "rules": rules})
+            if len(reply.get("rules", [])) != RULE_COUNT:
+                raise RuntimeError(f"expected {RULE_COUNT} rules to be set, got {reply}")
+        else:
+            self.command({"op": "recover", "all": True})
+        self.rules_on = on
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in (self.chaosfs, self.nats) if p is not None]
+
+    def read_ahead_kb(self) -> str:
+        dev = os.stat(self.mountpoint).st_dev
+        path = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+        with contextlib.suppress(OSError):
+            return path.read_text().strip()
+        return "?"
+
+
+async def _request(url: str, subject: str, data: bytes, timeout: float) -> dict[str, Any]:
+    """One request, retried until chaosfs has subscribed (it connects in the background)."""
+    import nats
+    import nats.errors
+
+    nc = await nats.connect(url, connect_timeout=2)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = await nc.request(subject, data, timeout=5)
+                return codec.decode(msg.data, limit=1 << 24)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+
+
+# --- the machine -------------------------------------------------------------------
+
+
+def busy_ticks() -> int:
+    """Clock ticks all CPUs spent busy since boot (neither idle nor waiting for I/O)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    return sum(values) - values[3] - values[4]
+
+
+def process_ticks(pid: int) -> int:
+    """Clock ticks a process has run (user + system), or 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            data = f.read()
+    except OSError:
+        return 0
+    fields = data[data.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@dataclass
+class LoadMeter:
+    """How much CPU went to anything but the bench, chaosfs and nats-server."""
+
+    pids: list[int]
+    start_busy: int = 0
+    start_ours: int = 0
+    start_wall: float = 0.0
+
+    def ours(self) -> int:
+        return sum(process_ticks(pid) for pid in [os.getpid(), *self.pids])
+
+    def start(self) -> None:
+        self.start_busy, self.start_ours = busy_ticks(), self.ours()
+        self.start_wall = time.monotonic()
+
+    def other_percent(self) -> float:
+        """Average CPU use of everything else, in percent of one CPU."""
+        hz = os.sysconf("SC_CLK_TCK")
+        elapsed = max(time.monotonic() - self.start_wall, 1e-6)
+        other = (busy_ticks() - self.start_busy) - (self.ours() - self.start_ours)
+        return max(0.0, other / hz / elapsed * 100)
+
+
+PLACEMENTS = ("free", "split", "same")
+
+
+def placement_cpus(placement: str) -> tuple[set[int] | None, set[int] | None]:
+    """CPUs for (the bench, chaosfs): left to the scheduler, apart, or shared."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if placement == "free" or (placement == "split" and len(cpus) < 2):
+        return None, None
+    if placement == "same":
+        return {cpus[0]}, {cpus[0]}
+    return {cpus[0]}, {cpus[-1]}
+
+
+# --- running and reporting -----------------------------------------------------------
+
+
+def prepare(bench: Bench, sizes: Sizes) -> tuple[Target, Target, Target]:
+    native = Target("native", bench.native, fuse=False)
+    plain = Target("chaosfs", bench.mountpoint, fuse=True)
+    ruled = Target("chaosfs+rules", bench.mountpoint, fuse=True)
+    for directory in (bench.native, bench.original):
+        make_file(directory / RAND_FILE, sizes.rand_file_mib)
+        make_file(directory / SEQ_FILE, sizes.write_mib)  # for --only read without write
+    os.sync()
+    return native, plain, ruled
+
+
+def run_round(bench: Bench, workload: Workload, targets: tuple[Target, ...],
+              sizes: Sizes) -> tuple[dict[str, float], float]:  # fmt: skip
+    """One figure per target, and the CPU % others took meanwhile."""
+    meter = LoadMeter(bench.pids())
+    meter.start()
+    figures = {}
+    for target in targets:
+        bench.set_rules(target.name == "chaosfs+rules")
+        figures[target.name] = workload.run(target, sizes)
+    return figures, meter.other_percent()
+
+
+def run_workload(bench: Bench, workload: Workload, targets: tuple[Target, ...],
+                 sizes: Sizes, results: Results) -> None:  # fmt: skip
+    kept = redone = 0
+    while kept < sizes.repeats:
+        figures, other = run_round(bench, workload, targets, sizes)
+        if other > BUSY_PERCENT and redone < MAX_REDONE:
+            redone += 1  # someone else used the CPUs: this round says little
+            continue
+        for name, value in figures.items():
+            results.add(workload.key, name, value)
+        results.other_load.append(other)
+        kept += 1
+    results.redone[workload.key] = redone
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def ratio_cell(value: float | None, base: float | None, goal: float | None) -> str:
+    if value is None or not base:
+        return "-"
+    ratio = value / base
+    if goal is None:
+        return f"{ratio:.2f}x"
+    return f"{ratio:.2f}x {'ok' if ratio >= goal else 'LOW'}"
+
+
+def cost_cell(plain: float | None, ruled: float | None) -> str:
+    if not plain or ruled is None:
+        return "-"
+    cost = (plain - ruled) / plain * 100
+    return f"{cost:+.1f}% {'ok' if cost <= RULES_COST_GOAL else 'HIGH'}"
+
+
+def report(results: Results, workloads: list[Workload], sizes: Sizes) -> None:
+    header = ("workload", "unit", "native", "chaosfs", "ratio", "goal", "+100 rules",
+              "ratio", "rules cost")  # fmt: skip
+    rows = [header]
+    for w in workloads:
+        native = results.best(w.key, "native")
+        plain = results.best(w.key, "chaosfs")
+        ruled = results.best(w.key, "chaosfs+rules")
+        goal = f">={w.goal:.2f}x" if w.goal is not None else "(info)"
+        rows.append((w.label, w.unit, fmt(native), fmt(plain), ratio_cell(plain, native, w.goal),
+                     goal, fmt(ruled), ratio_cell(ruled, native, w.goal),
+                     cost_cell(plain, ruled)))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for index, row in enumerate(rows):
+        cells = [c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(row)]
+        print(" | ".join(cells))
+        if index == 0:
+            print("-+-".join("-" * w for w in widths))
+    print(f"\nbest of {sizes.repeats}; ratio = chaosfs / native (higher is better); rules cost = "
+          f"how much slower {RULE_COUNT} non-matching rules make chaosfs (goal <= "
+          f"{RULES_COST_GOAL:g}%)")  # fmt: skip
+    print(notes(sizes))
+
+
+def notes(sizes: Sizes) -> str:
+    return (
+        f"write: {sizes.write_mib} MiB into a file emptied (and synced) before the clock starts, "
+        "open to close, no fsync.\n"
+        "read: backing page cache warm, the mount's page cache dropped (fadvise DONTNEED on the\n"
+        "  FUSE fd) so every byte passes chaosfs; native is a warm page-cache read.\n"
+        "re-read: read once, then timed again: the mount's page cache is warm (keep_cache).\n"
+        f"random: {sizes.rand_ops:,} distinct 4 KiB pages of a {sizes.rand_file_mib} MiB file, "
+        "fixed seed, POSIX_FADV_RANDOM;\n  the mount's cache dropped first, backing cache warm. "
+        "random re-read: the same pages, read once untimed first.\n"
+        f"metadata: {sizes.meta_files:,} files of 100 bytes: create all, stat all, unlink all, "
+        "in one fresh directory."
+    )
+
+
+def describe_setup(bench: Bench, placement: str) -> None:
+    where = "unpinned"
+    if bench.chaosfs_cpus:
+        own = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+        where = f"bench on CPU {own}, chaosfs on CPU {','.join(map(str, bench.chaosfs_cpus))}"
+    print(f"chaosfs bench: kernel {platform.release()}, {os.cpu_count()} CPUs, "
+          f"python {platform.python_version()}; placement {placement}: {where}")  # fmt: skip
+    print(f"data under {bench.root}; chaosfs: {shlex.join(bench.chaosfs_cmd)}; FUSE "
+          f"read_ahead_kb={bench.read_ahead_kb()}; {RULE_COUNT} rules like "
+          f"'nomatch-N/**' on every method\n")  # fmt: skip
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round: a smoke run")
+    parser.add_argument("--repeats", type=int, help="rounds per workload (best is kept)")
+    parser.add_argument("--only", help="comma-separated workloads: "
+                        + ",".join(w.key for w in WORKLOADS))  # fmt: skip
+    parser.add_argument("--chaosfs", help="command that runs chaosfs (default: chaosfs beside "
+                        "this python)")  # fmt: skip
+    parser.add_argument("--dir", default="/var/tmp", help="where the temporary data goes "
+                        "(native and chaosfs's -original both live here)")  # fmt: skip
+    parser.add_argument("--placement", choices=PLACEMENTS, default="split",
+                        help="CPUs of the bench and chaosfs: pinned apart (split, the default: "
+                        "an app and its sidecar on different cores; reproducible), pinned "
+                        "together (same) or as the scheduler likes (free: each round may land "
+                        "either way, and FUSE latency differs 3x between the two)")  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def choose(args: argparse.Namespace) -> tuple[Sizes, list[Workload]]:
+    sizes = QUICK if args.quick else FULL
+    if args.repeats:
+        sizes = Sizes(sizes.write_mib, sizes.rand_file_mib, sizes.rand_ops, sizes.meta_files,
+                      args.repeats)  # fmt: skip
+    keys = args.only.split(",") if args.only else [w.key for w in WORKLOADS]
+    unknown = set(keys) - {w.key for w in WORKLOADS}
+    if unknown:
+        raise SystemExit(f"unknown workload(s): {', '.join(sorted(unknown))}")
+    return sizes, [w for w in WORKLOADS if w.key in keys]
+
+
+def chaosfs_command(args: argparse.Namespace) -> list[str]:
+    if args.chaosfs:
+        return shlex.split(args.chaosfs)
+    local = BIN / "chaosfs"
+    return [str(local) if local.exists() else "chaosfs"]
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds through the cleanup below
+
+
+@contextlib.contextmanager
+def running_bench(args: argparse.Namespace) -> Iterator[Bench]:
+    root = Path(tempfile.mkdtemp(prefix="chaosfs-bench-", dir=args.dir))
+    own_cpus, chaosfs_cpus = placement_cpus(args.placement)
+    bench = Bench(root, chaosfs_command(args), chaosfs_cpus)
+    try:
+        bench.start()
+        if own_cpus:
+            os.sched_setaffinity(0, own_cpus)  # after spawning: nats-server stays free
+        yield bench
+    finally:
+        bench.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        print("fs_bench: needs root and /dev/fuse (it mounts chaosfs)", file=sys.stderr)
+        return 2
+    sizes, workloads = choose(args)
+    signal.signal(signal.SIGTERM, _terminate)
+    results = Results()
+    started = time.perf_counter()
+    try:
+        with running_bench(args) as bench:
+            targets = prepare(bench, sizes)
+            describe_setup(bench, args.placement)
+            for workload in workloads:
+                run_workload(bench, workload, targets, sizes, results)
+    except KeyboardInterrupt:
+        print("fs_bench: interrupted; mounts and processes cleaned up", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"fs_bench: {exc}", file=sys.stderr)
+        return 1
+    report(results, workloads, sizes)
+    print(f"\ntotal {time.perf_counter() - started:.0f}s; {load_summary(results)}")
+    return 0
+
+
+def load_summary(results: Results) -> str:
+    """How quiet the machine was: the bench measures chaosfs, not its neighbours."""
+    worst = max(results.other_load, default=0.0)
+    redone = sum(results.redone.values())
+    text = (f"other processes used at most {worst:.0f}% of a CPU during a kept round; "
+            f"{redone} round(s) run again because the machine was busy")  # fmt: skip
+    if worst > BUSY_PERCENT:
+        text += "\nwarning: the machine stayed busy, so some figures are noisy"
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())
