@@ -197,11 +197,21 @@ class TemplateWatcher:
         RENDERINGS.set(len(self.published))
 
     async def _publish(self, desired: dict[str, Rendering], keep: set[str]) -> None:
-        for key, rendering in sorted(desired.items()):
-            old = self.published.get(key)
-            if old is not None and _same(old, rendering):
+        changed = [
+            (key, rendering)
+            for key, rendering in sorted(desired.items())
+            if key not in self.published or not _same(self.published[key], rendering)
+        ]
+        # All at once: a template edit changes every config that uses it, and the
+        # injector should see the new renderings together, not one round trip apart.
+        results = await asyncio.gather(
+            *(self.store.put_rendering(key, r) for key, r in changed), return_exceptions=True
+        )
+        failed = None
+        for (key, rendering), result in zip(changed, results, strict=True):
+            if isinstance(result, BaseException):
+                failed = failed or result  # retried by the next reconcile
                 continue
-            await self.store.put_rendering(key, rendering)
             self.published[key] = rendering
             self._sources[key] = rendering.source
             PUBLISHED.inc()
@@ -218,6 +228,8 @@ class TemplateWatcher:
                 template=rendering.template,
                 revision=rendering.revision,
             )
+        if failed is not None:
+            raise failed
         for key in sorted(set(self.published) - set(desired) - keep):
             gone = self.published.pop(key)
             self._sources.pop(key, None)
