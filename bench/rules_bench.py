@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+        return True
+    return False
 
 
 def request(url: str, command: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +155,10 @@ def main() -> int:
             )
         )
         deadline = time.monotonic() + 20
+        while not _listening(port):
+            if time.monotonic() > deadline:
+                raise RuntimeError("nats-server did not start")
+            time.sleep(0.05)
         while True:
             try:
                 request(url, {"op": "ping"})
@@ -155,45 +172,49 @@ def main() -> int:
         meta_dir = mountpoint / "meta"
         meta_dir.mkdir()
 
-        def measure() -> tuple[float, float]:
-            return direct_reads(data, seconds), metadata(meta_dir, seconds)
+        chaosfs_pid = procs[-1].pid
 
-        best: dict[str, list[float]] = {"no rules": [0.0, 0.0]}
-        for name in ACTIONS:
-            best[name] = [0.0, 0.0]
+        def measure(work: Callable[[], float]) -> float:
+            """chaosfs's own CPU time per operation, in microseconds: unlike
+            throughput, it hardly moves when other processes share the machine."""
+            cpu = _cpu_seconds(chaosfs_pid)
+            rate = work()
+            return (_cpu_seconds(chaosfs_pid) - cpu) / (rate * seconds) * 1e6
+
+        best: dict[str, list[float]] = {name: [1e9, 1e9] for name in ("no rules", *ACTIONS)}
         for _ in range(rounds):
             for name, spec in [("no rules", None), *ACTIONS.items()]:
                 if spec is not None:
-                    request(
-                        url, {"op": "set", "rules": [{"id": "r", "path": "nomatch/**", **spec}]}
-                    )
-                reads, files = measure()
-                best[name] = [max(best[name][0], reads), max(best[name][1], files)]
+                    rule = {"id": "r", "path": "nomatch/**", **spec}
+                    request(url, {"op": "set", "rules": [rule]})
+                reads = measure(lambda: direct_reads(data, seconds))
+                files = measure(lambda: metadata(meta_dir, seconds))
+                best[name] = [min(best[name][0], reads), min(best[name][1], files)]
                 if spec is not None:
                     request(url, {"op": "recover", "all": True})
         base_reads, base_files = best["no rules"]
         print(
-            "cost of one active rule that matches nothing, per action (best of "
-            f"{rounds} interleaved rounds of {seconds:g}s)\n"
+            "cost of one active rule that matches nothing, per action: chaosfs CPU time per "
+            f"operation (best of {rounds} interleaved rounds of {seconds:g}s)\n"
         )
         print(
-            f"{'rule':<18} | {'O_DIRECT 4K reads/s':>20} | {'ratio':>6} | "
-            f"{'create+stat+unlink/s':>21} | {'ratio':>6} | goal"
+            f"{'rule':<18} | {'O_DIRECT 4K read':>17} | {'ratio':>6} | "
+            f"{'create+stat+unlink':>19} | {'ratio':>6} | goal"
         )
         print(
-            "-" * 19 + "+" + "-" * 22 + "+" + "-" * 8 + "+" + "-" * 23 + "+" + "-" * 8 + "+------"
+            "-" * 19 + "+" + "-" * 19 + "+" + "-" * 8 + "+" + "-" * 21 + "+" + "-" * 8 + "+------"
         )
         worst = 1.0
         for name, (reads, files) in best.items():
             r1, r2 = reads / base_reads, files / base_files
             if name != "no rules":
-                worst = min(worst, r1, r2)
-            verdict = "" if name == "no rules" else ("ok" if min(r1, r2) >= 0.95 else "HIGH")
+                worst = max(worst, r1, r2)
+            verdict = "" if name == "no rules" else ("ok" if max(r1, r2) <= 1.05 else "HIGH")
             print(
-                f"{name:<18} | {reads:>20,.0f} | {r1:>5.2f}x | {files:>21,.0f} | {r2:>5.2f}x | "
-                f"{verdict}"
+                f"{name:<18} | {reads:>14,.1f} us | {r1:>5.2f}x | {files:>16,.1f} us | {r2:>5.2f}x"
+                f" | {verdict}"
             )
-        print(f"\nworst ratio to no rules: {worst:.2f}x (goal: within 5%, >= 0.95x)")
+        print(f"\nworst cost ratio to no rules: {worst:.2f}x (goal: within 5%, <= 1.05x)")
         return 0
     finally:
         for proc in reversed(procs):

@@ -17,7 +17,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
     ("script", "expect"),
     [
         ("fs_bench.py", "ratio"),
-        ("rules_bench.py", "worst ratio to no rules"),
+        ("rules_bench.py", "worst cost ratio to no rules"),
         ("admission_bench.py", "p99"),
     ],
 )

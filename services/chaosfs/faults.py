@@ -172,8 +172,18 @@ class FaultEngine:
 
     def attrs_faulted(self, inode: Inode) -> bool:
         """Whether an attr rule covers this inode, so the kernel must not cache its attributes."""
-        path = self.table.path(inode)
-        return any(r.path_regex.match(path) for r in self.rules.attr_rules)
+        rules = self.rules
+        cached = inode.match
+        generation = self.table.generation
+        if cached is None or cached[0] != rules.version or cached[1] != generation:
+            cached = (rules.version, generation, {})
+            inode.match = cached
+        hit = cached[2].get("(attr)")
+        if hit is None:
+            path = self.table.path(inode)
+            hit = tuple(r for r in rules.attr_rules if r.path_regex.match(path))
+            cached[2]["(attr)"] = hit
+        return bool(hit)
 
     def quota_free(self) -> int | None:
         """Bytes left under the tightest quota in force, for statfs; None if none."""

@@ -33,6 +33,7 @@ class Inode:
         "match",
         "name",
         "parent",
+        "path_memo",
         "shown_kind",
     )
 
@@ -51,6 +52,7 @@ class Inode:
         # kernel accepts a type only from a lookup and fails any later reply that
         # disagrees, so every reply for this inode must show the same.
         self.shown_kind = 0
+        self.path_memo: tuple[int, str] | None = None  # (topology generation, path)
 
     @property
     def proc(self) -> str:
@@ -102,6 +104,9 @@ class InodeTable:
             inode.parent = parent
             inode.name = name
             inode.match = None
+            inode.path_memo = None
+            if inode.is_dir:
+                self.generation += 1  # the paths below it moved too
         return inode
 
     def drop_if_unused(self, inode: Inode) -> None:
@@ -123,7 +128,19 @@ class InodeTable:
         self.generation += 1
 
     def path(self, inode: Inode) -> str:
-        """The path relative to the mount root by which the inode was last reached."""
+        """The path relative to the mount root by which the inode was last reached.
+
+        Remembered per inode until a name moves: rules are matched against it on
+        every faultable operation while any rule is in force.
+        """
+        memo = inode.path_memo
+        if memo is not None and memo[0] == self.generation:
+            return memo[1]
+        path = self._walk(inode)
+        inode.path_memo = (self.generation, path)
+        return path
+
+    def _walk(self, inode: Inode) -> str:
         parts: list[bytes] = []
         node: Inode | None = inode
         while node is not None and node.id != ROOT:
