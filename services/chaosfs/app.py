@@ -21,6 +21,7 @@ from .inodes import InodeTable
 from .mounting import (
     StartError,
     prepare_mountpoint,
+    raise_read_ahead,
     remove_pidfile,
     wait_until_mounted,
     write_pidfile,
@@ -90,6 +91,7 @@ async def _serve(config: Config, ops: ChaosOperations, engine: FaultEngine, log)
 
         nursery.start_soon(fuse_loop)
         await trio.to_thread.run_sync(wait_until_mounted, config.mountpoint)
+        await trio.to_thread.run_sync(raise_read_ahead, config.mountpoint, log)
         if config.pidfile:
             write_pidfile(config.pidfile)
         log.info("ready", pidfile=config.pidfile)

@@ -14,6 +14,7 @@ import collections
 import dataclasses
 import errno as errno_mod
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,13 +53,24 @@ class RuleSet:
     by_method: dict[str, tuple[FaultRule, ...]] = field(default_factory=dict)
     quotas: tuple[FaultRule, ...] = ()
     attr_rules: tuple[FaultRule, ...] = ()
+    # Matches a path iff some rule's glob does: one C-level match settles the
+    # common case (no rule covers the path) instead of a Python loop over all rules.
+    any_path: re.Pattern[str] | None = None
 
     @classmethod
     def build(cls, version: int, rules: tuple[FaultRule, ...]) -> RuleSet:
         by_method = {m: tuple(r for r in rules if r.applies_to(m)) for m in METHODS}
         quotas = tuple(r for r in rules if r.action == "enospc" and not r.dry_run)
         attr_rules = tuple(r for r in rules if r.action == "attr" and not r.dry_run)
-        return cls(version, rules, {m: rs for m, rs in by_method.items() if rs}, quotas, attr_rules)
+        any_path = None
+        if rules:
+            any_path = re.compile("|".join(f"(?:{r.path_regex.pattern})" for r in rules), re.DOTALL)
+        by_method = {m: rs for m, rs in by_method.items() if rs}
+        return cls(version, rules, by_method, quotas, attr_rules, any_path)
+
+    def covers(self, path: str) -> bool:
+        """False only if no rule's glob matches ``path`` (then no rule applies)."""
+        return self.any_path is not None and self.any_path.match(path) is not None
 
 
 class Decision:
@@ -145,7 +157,10 @@ class FaultEngine:
         hits = per_method.get(method)
         if hits is None:
             path = self.table.path(inode)
-            hits = tuple(r for r in candidates if r.path_regex.match(path))
+            if rules.covers(path):
+                hits = tuple(r for r in candidates if r.path_regex.match(path))
+            else:
+                hits = ()
             per_method[method] = hits
         if not hits:
             return None
@@ -159,6 +174,8 @@ class FaultEngine:
         if not candidates:
             return None
         path = self.table.child_path(parent, name)
+        if not self.rules.covers(path):
+            return None
         hits = tuple(r for r in candidates if r.path_regex.match(path))
         return self._decide(method, hits, pid, uid, None, path) if hits else None
 
@@ -168,6 +185,8 @@ class FaultEngine:
         if not candidates:
             return False
         path = self.table.path(inode)
+        if not self.rules.covers(path):
+            return False
         return any(r.path_regex.match(path) for r in candidates)
 
     def attrs_faulted(self, inode: Inode) -> bool:

@@ -13,8 +13,11 @@ the mount, or an inode numbered 1) gets a synthetic id instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import stat
+import threading
 
 import pyfuse3
 
@@ -114,7 +117,7 @@ class InodeTable:
             self.by_id.pop(inode.id, None)
             if self.by_key.get(inode.key) is inode:
                 del self.by_key[inode.key]
-            os.close(inode.fd)
+            close_inode_fd(inode.fd)
 
     def forget(self, node_id: int, count: int) -> None:
         inode = self.by_id.get(node_id)
@@ -159,3 +162,36 @@ class InodeTable:
                 os.close(inode.fd)
         self.by_id = {ROOT: self.root}
         self.by_key = {self.root.key: self.root}
+
+
+_BIG = 1 << 20  # bytes a close may free before it is worth handing to the closer thread
+_to_close: queue.SimpleQueue[int] = queue.SimpleQueue()
+_closer: threading.Thread | None = None
+
+
+def close_inode_fd(fd: int) -> None:
+    """Close an inode's O_PATH descriptor, off the FUSE thread if that frees a big file.
+
+    Ours is often the last reference to an unlinked file, and the last close frees
+    all its blocks and cached pages before it returns: about a quarter of a second
+    for 1 GiB, during which every other request on the mount would wait.
+    """
+    global _closer
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        st = None
+    if st is None or st.st_nlink > 0 or st.st_blocks * 512 < _BIG:
+        os.close(fd)
+        return
+    if _closer is None:
+        _closer = threading.Thread(target=_close_forever, name="chaosfs-closer", daemon=True)
+        _closer.start()
+    _to_close.put(fd)
+
+
+def _close_forever() -> None:
+    while True:
+        fd = _to_close.get()
+        with contextlib.suppress(OSError):
+            os.close(fd)

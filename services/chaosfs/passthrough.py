@@ -410,12 +410,17 @@ class ChaosOperations(pyfuse3.Operations):
 
     # --- files ----------------------------------------------------------------
 
-    def _file_info(self, fd: int, inode: Inode, ctx: RequestContext) -> FileInfo:
+    def _file_info(self, fd: int, inode: Inode, ctx: RequestContext, flags: int) -> FileInfo:
         info = FileInfo(fh=fd)
         # O_DIRECT needs no direct_io here: the kernel sends O_DIRECT I/O to us
         # anyway, and only its own O_DIRECT path clears setuid/setgid on a write by
         # an unprivileged user (a direct_io write leaves that to the daemon).
-        direct = self.faults.reads_faulted(inode)
+        # A write-only handle has nothing to cache: direct_io sends its writes
+        # straight to us, without a copy into the mount's page cache and without
+        # the getxattr("security.capability") the kernel sends before each cached
+        # write. The kernel still invalidates other handles' cached pages it covers.
+        write_only = flags & os.O_ACCMODE == os.O_WRONLY
+        direct = write_only or self.faults.reads_faulted(inode)
         if direct:
             # Every read must reach us while a read fault covers this file (the
             # page cache would hide it).
@@ -445,7 +450,7 @@ class ChaosOperations(pyfuse3.Operations):
             fd = os.open(node.proc, flags & ~_OPEN_STRIP)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
-        return self._file_info(fd, node, ctx)
+        return self._file_info(fd, node, ctx, flags)
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: RequestContext
@@ -453,8 +458,9 @@ class ChaosOperations(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         await self._check_path("create", parent, name, ctx)
         try:
-            fd = os.open(name, (flags & ~_OPEN_STRIP) | os.O_CREAT | os.O_EXCL, mode,
-                         dir_fd=parent.fd)  # fmt: skip
+            fd = os.open(
+                name, (flags & ~_OPEN_STRIP) | os.O_CREAT | os.O_EXCL, mode, dir_fd=parent.fd
+            )
         except OSError as exc:
             raise FUSEError(exc.errno) from None
         try:
@@ -468,7 +474,7 @@ class ChaosOperations(pyfuse3.Operations):
             os.close(fd)
             raise FUSEError(exc.errno) from None
         node.lookups += 1
-        return self._file_info(fd, node, ctx), self._entry(node, st)
+        return self._file_info(fd, node, ctx, flags), self._entry(node, st)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self.files[fh]
@@ -630,8 +636,17 @@ class ChaosOperations(pyfuse3.Operations):
         except OSError as exc:
             raise FUSEError(exc.errno) from None
         data = pyfuse3.StatvfsData()
-        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
-                     "f_ffree", "f_favail", "f_namemax"):  # fmt: skip
+        for name in (
+            "f_bsize",
+            "f_frsize",
+            "f_blocks",
+            "f_bfree",
+            "f_bavail",
+            "f_files",
+            "f_ffree",
+            "f_favail",
+            "f_namemax",
+        ):
             setattr(data, name, getattr(sv, name))
         quota_free = self.faults.quota_free()
         if quota_free is not None:

@@ -17,11 +17,21 @@ class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
-_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                            ctypes.c_uint]  # fmt: skip
+_libc.renameat2.argtypes = [
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_uint,
+]
 _libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
-_libc.fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
-                           ctypes.c_int]  # fmt: skip
+_libc.fchownat.argtypes = [
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_uint,
+    ctypes.c_uint,
+    ctypes.c_int,
+]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 MNT_DETACH = 2
@@ -43,8 +53,9 @@ def _spec(ns: int | None) -> _Timespec:
     return _Timespec(ns // 1_000_000_000, ns % 1_000_000_000)
 
 
-def utimensat(dir_fd: int, name: bytes, atime_ns: int | None, mtime_ns: int | None,
-              *, follow: bool) -> None:  # fmt: skip
+def utimensat(
+    dir_fd: int, name: bytes, atime_ns: int | None, mtime_ns: int | None, *, follow: bool
+) -> None:
     """Set either or both times; ``None`` leaves that time untouched (UTIME_OMIT).
 
     An empty ``name`` means ``dir_fd`` itself (AT_EMPTY_PATH; Linux 5.8 or later
