@@ -58,6 +58,8 @@ def run(config: Config) -> int:
         print(f"chaosfs: {exc}", file=sys.stderr)
         return 1
 
+    signal.signal(signal.SIGTERM, _remember_signal)
+    signal.signal(signal.SIGINT, _remember_signal)
     table = InodeTable(root_fd)
     engine = FaultEngine(table)
     ops = ChaosOperations(table, engine, config.cache_timeout)
@@ -83,29 +85,42 @@ def run(config: Config) -> int:
 
 async def _serve(config: Config, ops: ChaosOperations, engine: FaultEngine, log) -> None:
     bus: BusControl | None = None
-    async with trio.open_nursery() as nursery:
+    # Receive signals before anything is announced: a SIGTERM right after the
+    # pidfile appears must still unmount cleanly, not kill the process mid-way.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
 
-        async def fuse_loop() -> None:
-            await pyfuse3.main()
-            nursery.cancel_scope.cancel()  # unmounted from outside: stop too
+            async def fuse_loop() -> None:
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()  # unmounted from outside: stop too
 
-        nursery.start_soon(fuse_loop)
-        await trio.to_thread.run_sync(wait_until_mounted, config.mountpoint)
-        await trio.to_thread.run_sync(raise_read_ahead, config.mountpoint, log)
-        if config.pidfile:
-            write_pidfile(config.pidfile)
-        log.info("ready", pidfile=config.pidfile)
-        bus = BusControl(config, engine, ops, trio.lowlevel.current_trio_token(), log)
-        bus.start()
-        if config.metrics_addr:
-            metrics.serve(config.metrics_addr, engine, bus)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("signal", signal=signal.Signals(signum).name)
-                break
-        # Announce "gone" while the mount still answers, then end the FUSE loop.
-        await trio.to_thread.run_sync(bus.stop)
-        bus = None
-        pyfuse3.terminate()
+            nursery.start_soon(fuse_loop)
+            await trio.to_thread.run_sync(wait_until_mounted, config.mountpoint)
+            await trio.to_thread.run_sync(raise_read_ahead, config.mountpoint, log)
+            if config.pidfile:
+                write_pidfile(config.pidfile)
+            log.info("ready", pidfile=config.pidfile)
+            bus = BusControl(config, engine, ops, trio.lowlevel.current_trio_token(), log)
+            bus.start()
+            if config.metrics_addr:
+                metrics.serve(config.metrics_addr, engine, bus)
+            if _EARLY_SIGNALS:
+                log.info("signal", signal=signal.Signals(_EARLY_SIGNALS[0]).name)
+            else:
+                async for signum in signals:
+                    log.info("signal", signal=signal.Signals(signum).name)
+                    break
+            # Announce "gone" while the mount still answers, then end the FUSE loop.
+            await trio.to_thread.run_sync(bus.stop)
+            bus = None
+            pyfuse3.terminate()
     if bus is not None:
         await trio.to_thread.run_sync(bus.stop)
+
+
+# Signals that arrive while mounting, before trio listens: honoured once it does.
+_EARLY_SIGNALS: list[int] = []
+
+
+def _remember_signal(signum: int, _frame: object) -> None:
+    _EARLY_SIGNALS.append(signum)
