@@ -10,11 +10,11 @@ from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.js.errors import BucketNotFoundError
 
 from chaosbus import codec, desired, registry
 from chaosbus.bus import connect
-from chaosbus.kv import open_bucket
+from chaosbus.kv import contents, open_bucket
 from chaosbus.protocol import Target
 from chaosbus.subjects import FLEET_COMMAND, decode_token, pod_command
 
@@ -129,7 +129,7 @@ class Session:
             return []
         out = []
         now = time.time()
-        for value in (await _contents(kv)).values():
+        for value in (await contents(kv)).values():
             try:
                 entry = codec.decode(value, limit=REPLY_LIMIT)
             except codec.DecodeError:
@@ -173,7 +173,7 @@ class Session:
             return {}, {}
         fleet: dict[str, desired.Entry] = {}
         pods: dict[str, dict[str, desired.Entry]] = {}
-        for key, value in (await _contents(kv)).items():
+        for key, value in (await contents(kv)).items():
             try:
                 entry = desired.Entry.from_wire(codec.decode(value, limit=REPLY_LIMIT))
             except ValueError:
@@ -184,19 +184,3 @@ class Session:
             else:
                 pods.setdefault(prefix, {})[decode_token(token)] = entry
         return fleet, pods
-
-
-async def _contents(kv: Any) -> dict[str, bytes]:
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return {}
-    out = {}
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
-            continue
-        if entry.value is not None:
-            out[key] = entry.value
-    return out

@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from chaosbus import codec, desired, registry
@@ -19,7 +18,7 @@ from chaosbus.injection import (
     RENDERINGS_BUCKET,
     Rendering,
 )
-from chaosbus.kv import open_bucket
+from chaosbus.kv import contents, open_bucket
 from chaosbus.subjects import decode_token, encode_token
 
 
@@ -40,13 +39,13 @@ class KVStore:
         await open_bucket(self.nc, desired.BUCKET)
         await open_bucket(self.nc, registry.BUCKET)
         renderings: dict[str, Rendering] = {}
-        for key, value in (await _contents(self.renderings)).items():
+        for key, value in (await contents(self.renderings)).items():
             try:
                 renderings[key] = Rendering.from_wire(codec.decode(value, limit=1 << 24))
             except (ValueError, KeyError) as exc:
                 self.log.warning("stored_rendering_unreadable", key=key, error=str(exc))
         namespaces = {}
-        for key, value in (await _contents(self.namespaces)).items():
+        for key, value in (await contents(self.namespaces)).items():
             with contextlib.suppress(ValueError, KeyError):
                 namespaces[decode_token(key)] = codec.decode(value, limit=1 << 24)["annotations"]
         return renderings, namespaces
@@ -75,19 +74,3 @@ class KVStore:
                 await self.nc.publish(RENDER_ERRORS_SUBJECT, codec.encode(event))
             except Exception as exc:
                 self.log.warning("error_event_failed", error=str(exc))
-
-
-async def _contents(bucket: KeyValue) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    try:
-        keys = await bucket.keys()
-    except Exception:  # nats-py raises NoKeysError on an empty bucket
-        return out
-    for key in keys:
-        try:
-            entry = await bucket.get(key)
-        except KeyNotFoundError:
-            continue
-        if entry.value is not None:
-            out[key] = entry.value
-    return out
