@@ -384,3 +384,109 @@ def test_audit_trail_replays_filters_and_follows(sidecar, nats_server):
     finally:
         follower.terminate()
         follower.wait(5)
+
+
+def test_nats_restart_keeps_desired_state_and_the_audit_trail(make_sidecar, nats_server):
+    url = nats_server.url
+    sc = make_sidecar("a/db-0", env={"POD_LABELS": "app=db"})
+    assert (
+        chaosctl(
+            url,
+            "fault",
+            "set",
+            "--pod",
+            "a/db-0",
+            "--action",
+            "errno",
+            "--errno",
+            "EIO",
+            "--id",
+            "kept",
+            "--path",
+            "x",
+        ).returncode
+        == 0
+    )
+    assert (
+        chaosctl(
+            url,
+            "fault",
+            "broadcast",
+            "--selector",
+            "app=db",
+            "--action",
+            "latency",
+            "--delay",
+            "1ms",
+            "--id",
+            "fleetwide",
+        ).returncode
+        == 0
+    )
+    before = audit(url)
+    assert any(e["kind"] == "rule.set" for e in before)
+    nats_server.stop()
+    nats_server.start()  # same store directory: JetStream files survive
+    wait_for(
+        lambda: chaosctl(url, "status", "--pod", "a/db-0").returncode == 0,
+        timeout=20,
+        what="the sidecar back on the bus",
+    )
+    after = audit(url)
+    assert [e["id"] for e in after[: len(before)]] == [e["id"] for e in before]
+    # Desired state is intact: a sidecar that restarts now converges to it.
+    sc.stop(signal.SIGKILL)
+    sc.start()
+    wait_for(lambda: rule_ids(sc) == ["fleetwide", "kept"], what="rules from KV after restart")
+    _, data = ctl_json(url, "status", "--pod", "a/db-0")
+    assert data["drift"] == {"missing": [], "unexpected": [], "different": []}
+
+
+def test_bad_input_on_the_fleet_subject_and_in_desired_state(sidecar, nats_server):
+    import asyncio
+
+    import nats as nats_client
+
+    from chaosbus import codec, desired
+    from chaosbus.subjects import FLEET_COMMAND
+
+    url = nats_server.url
+    sidecar.ctl(
+        "fault",
+        "set",
+        "--pod",
+        sidecar.pod,
+        "--action",
+        "errno",
+        "--errno",
+        "EIO",
+        "--id",
+        "keep",
+        "--path",
+        "x",
+    )
+
+    async def poke() -> list[dict]:
+        nc = await nats_client.connect(url)
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.flush()
+        for bad in (b"\xc1junk", codec.encode({"op": "set", "rules": [{"action": "melt"}]})):
+            await nc.publish(FLEET_COMMAND, bad, reply=inbox)
+        replies = [codec.decode((await sub.next_msg(timeout=5)).data) for _ in range(2)]
+        kv = await nc.jetstream().key_value(desired.BUCKET)
+        ns, name = sidecar.pod.split("/")
+        await kv.put(desired.pod_key(ns, name, "garbage"), b"\x00not msgpack")
+        await nc.close()
+        return replies
+
+    replies = asyncio.run(poke())
+    assert all(r["ok"] is False and r["error"] for r in replies)
+    wait_for(
+        lambda: any(e["kind"] == "desired.rejected" for e in audit(url)),
+        what="the unreadable desired entry audited",
+    )
+    assert rule_ids(sidecar) == ["keep"]
+    assert sidecar.proc.poll() is None
+    rejected = [e for e in audit(url) if e["kind"] == "rule.rejected"]
+    assert len(rejected) >= 2

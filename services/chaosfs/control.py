@@ -111,7 +111,12 @@ class BusControl:
                 await asyncio.wait_for(self._prepare_jetstream(nc), 3.0)
             self.audit.start(nc)
             desired = DesiredState(
-                self.config.namespace, self.config.pod, self.labels, self._converge, self.log
+                self.config.namespace,
+                self.config.pod,
+                self.labels,
+                self._converge,
+                self.log,
+                audit=self._audit,
             )
             chores.append(asyncio.create_task(desired.run(nc, self._resync)))
             pod_subject = pod_command(self.config.namespace, self.config.pod)

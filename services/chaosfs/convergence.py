@@ -27,8 +27,15 @@ Apply = Callable[[list[FaultRule]], Awaitable[None]]
 
 class DesiredState:
     def __init__(
-        self, namespace: str, name: str, labels: dict[str, str], apply: Apply, log: Any
+        self,
+        namespace: str,
+        name: str,
+        labels: dict[str, str],
+        apply: Apply,
+        log: Any,
+        audit: Callable[..., None] | None = None,
     ) -> None:
+        self.audit = audit
         self.namespace = namespace
         self.name = name
         self.labels = labels
@@ -107,7 +114,10 @@ class DesiredState:
         try:
             table[decode_token(rule_id)] = desired.Entry.from_wire(codec.decode(entry.value))
         except (ValueError, codec.DecodeError) as exc:
+            # Dropped, logged and audited; the rest of the desired state still applies.
             self.log.warning("desired_entry_unreadable", key=entry.key, error=str(exc))
+            if self.audit is not None:
+                self.audit("desired.rejected", key=entry.key, reason=str(exc))
 
     async def converge(self) -> None:
         rules = desired.compute(
