@@ -490,3 +490,70 @@ def test_bad_input_on_the_fleet_subject_and_in_desired_state(sidecar, nats_serve
     assert sidecar.proc.poll() is None
     rejected = [e for e in audit(url) if e["kind"] == "rule.rejected"]
     assert len(rejected) >= 2
+
+
+def test_three_sidecars_and_200_agents_broadcast_by_namespace(make_sidecar, nats_server, tmp_path):
+    url = nats_server.url
+    for i in range(3):
+        make_sidecar(f"mounted/db-{i}", env={"POD_LABELS": "app=db"})
+    agents = [
+        subprocess.Popen(
+            [
+                str(BIN / "chaosfs-agents"),
+                "--nats",
+                url,
+                "--count",
+                "100",
+                "--namespace",
+                ns,
+                "--labels",
+                "app=db",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / f"{ns}.log", "wb"),  # noqa: SIM115
+        )
+        for ns in ("agents-a", "agents-b")
+    ]
+    try:
+        wait_for(lambda: registered(url, 203), timeout=60, interval=0.5, what="203 sidecars")
+        code, data = ctl_json(
+            url,
+            "--timeout",
+            "10s",
+            "fault",
+            "broadcast",
+            "--namespace",
+            "agents-a",
+            "--action",
+            "errno",
+            "--errno",
+            "EIO",
+            "--id",
+            "a-only",
+        )
+        assert code == 0, data
+        assert len(data["acked"]) == 100 and data["missing"] == [] and data["errors"] == []
+        assert all(p.startswith("agents-a/") for p in data["acked"])
+        code, data = ctl_json(
+            url,
+            "--timeout",
+            "10s",
+            "fault",
+            "broadcast",
+            "--selector",
+            "app=db",
+            "--action",
+            "latency",
+            "--delay",
+            "1ms",
+            "--id",
+            "everyone",
+        )
+        assert code == 0 and len(data["acked"]) == 203
+        code, data = ctl_json(url, "--timeout", "10s", "fault", "recover", "--fleet", "--all")
+        assert code == 0 and len(data["acked"]) == 203
+    finally:
+        for proc in agents:
+            proc.terminate()
+        for proc in agents:
+            proc.wait(30)

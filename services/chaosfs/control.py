@@ -50,8 +50,8 @@ class BusControl:
         self,
         config: Config,
         engine: FaultEngine,
-        ops: ChaosOperations,
-        trio_token: trio.lowlevel.TrioToken,
+        ops: ChaosOperations | None,
+        trio_token: trio.lowlevel.TrioToken | None,
         log: structlog.stdlib.BoundLogger,
     ) -> None:
         self.config = config
@@ -78,10 +78,13 @@ class BusControl:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 3.0) -> None:
+    def request_stop(self) -> None:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stopping.set)
-            self._thread.join(timeout)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self.request_stop()
+        self._thread.join(timeout)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -433,8 +436,8 @@ class BusControl:
 
     async def _drop_caches(self, rules: list[FaultRule]) -> None:
         """Make a rule change visible to the very next operation, cached or not."""
-        if not rules:
-            return
+        if not rules or self.ops is None:
+            return  # a mount-less agent has no kernel caches to drop
         regexes = [r.path_regex for r in rules]
         lookups = any(r.applies_to("lookup") for r in rules)
         loop = asyncio.get_running_loop()
