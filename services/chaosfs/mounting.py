@@ -29,30 +29,29 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def mount_fstype(path: str) -> str | None:
-    """The file-system type mounted exactly at ``path``, or None."""
-    found = None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            if len(fields) >= 5 and _unescape(fields[4]) == path:
-                found = right.split()[0]  # the last mount on a path wins
-    return found
-
-
-def mount_device(path: str) -> str | None:
-    """The "major:minor" of the file system mounted exactly at ``path``, or None.
+def _mount_at(path: str) -> tuple[str, str] | None:
+    """("major:minor", fstype) of the file system mounted exactly at ``path``, or None.
 
     Read from mountinfo, never by stat(): on the FUSE thread that would wait on itself.
     """
     found = None
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
-            fields = line.partition(" - ")[0].split()
+            left, _, right = line.partition(" - ")
+            fields = left.split()
             if len(fields) >= 5 and _unescape(fields[4]) == path:
-                found = fields[2]
+                found = (fields[2], right.split()[0])  # the last mount on a path wins
     return found
+
+
+def mount_fstype(path: str) -> str | None:
+    found = _mount_at(path)
+    return found[1] if found else None
+
+
+def mount_device(path: str) -> str | None:
+    found = _mount_at(path)
+    return found[0] if found else None
 
 
 READ_AHEAD_KB = 1024
