@@ -117,11 +117,22 @@ def as_user(cwd: Path, fn: Callable[[], Any], uid: int = USER, gid: int = USER,
     return result[1]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Every test runs on a plain and on a lazy mount, but those that look at the
+    # backing directory only on the plain one: lazy mode keeps what was not
+    # synced out of it, on purpose.
+    if "fs" in metafunc.fixturenames:
+        backing = metafunc.definition.get_closest_marker("backing") is not None
+        modes = ["passthrough"] if backing else ["passthrough", "lazy"]
+        metafunc.parametrize("fs", modes, indirect=True)
+
+
 @pytest.fixture
-def fs(make_sidecar) -> Iterator[Any]:
+def fs(make_sidecar, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A sidecar (no fault rules, so no need to wait for the bus), checked
-    afterwards to still be alive and answering."""
-    sidecar = make_sidecar(bus=False)
+    afterwards to still be alive and answering. Lazy mode must be just as
+    good a file system: only a power cut may tell it apart."""
+    sidecar = make_sidecar(bus=False, extra=["-lazy"] if request.param == "lazy" else [])
     yield sidecar
     assert sidecar.proc is not None and sidecar.proc.poll() is None, (
         f"chaosfs died; log: {sidecar.log.read_text(errors='replace')[-3000:]}"
@@ -147,6 +158,7 @@ def shared_dir(base: Path, name: str = "shared") -> Path:
 # --- lookup and getattr --------------------------------------------------------------
 
 
+@pytest.mark.backing
 def test_lookup_and_getattr_show_the_backing_inode(fs):
     (fs.original / "made-below").write_bytes(b"x" * 5000)
     fs.path("made-above").write_bytes(b"y" * 7)
@@ -166,6 +178,7 @@ def test_lookup_and_getattr_show_the_backing_inode(fs):
 # --- setattr -------------------------------------------------------------------------
 
 
+@pytest.mark.backing
 def test_truncate_by_path_and_by_descriptor(fs, native):
     for base in (fs.mountpoint, native):
         path = base / "t"
@@ -305,6 +318,7 @@ def test_readdir_never_silently_drops_names_when_descriptors_run_out(fs):
     assert set(os.listdir(fs.path("big"))) == names
 
 
+@pytest.mark.backing
 def test_inodes_the_kernel_forgets_are_released_and_found_again(fs):
     # The kernel forgets inodes it no longer caches; chaosfs must then close their
     # descriptors, and still serve what stays open or is looked up again.
@@ -339,6 +353,7 @@ def test_inodes_the_kernel_forgets_are_released_and_found_again(fs):
         held_file.close()
 
 
+@pytest.mark.backing
 def test_rmtree_of_a_large_directory(fs):
     # Listing and unlinking interleaved, as rm -r does.
     top = fs.path("tree")
@@ -351,6 +366,7 @@ def test_rmtree_of_a_large_directory(fs):
     assert os.listdir(fs.original) == []
 
 
+@pytest.mark.backing
 def test_names_that_are_not_utf8(fs, native):
     name = b"\xff\xfe-latin1-\xe9"
     for base in (fs.mountpoint, native):
@@ -397,6 +413,7 @@ def test_fsyncdir(fs):
 # --- files ----------------------------------------------------------------------------
 
 
+@pytest.mark.backing
 def test_open_create_read_write_flush_fsync_release(fs):
     path = fs.path("f")
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o640)
@@ -473,6 +490,7 @@ def test_o_append_o_trunc_and_sparse_files(fs, native):
     assert os.stat(fs.original / "sparse").st_blocks == st.st_blocks
 
 
+@pytest.mark.backing
 def test_o_direct_open_read_write_keeps_the_mount_alive(fs):
     path = fs.path("direct")
     path.write_bytes(bytes(range(256)) * 64)  # 16 KiB
@@ -612,7 +630,9 @@ def test_rename_plain_replacing_noreplace_and_exchange(fs, native):
         renameat2(base / "d", base / "f", RENAME_NOREPLACE)
         renameat2(base / "f", base / "e", RENAME_EXCHANGE)
         assert errno_of(renameat2, base / "f", base / "zz", RENAME_EXCHANGE) == errno.ENOENT
-    for base in (fs.mountpoint, fs.original, native):
+    # Lazy mode parks a replaced target until a sync: the backing tree differs.
+    backing = [] if "-lazy" in fs.extra else [fs.original]
+    for base in (fs.mountpoint, *backing, native):
         assert sorted(os.listdir(base)) == ["c", "e", "f", "sub"], base
         assert (base / "sub" / "a2").read_bytes() == b"A"
         assert (base / "c").read_bytes() == b"B"
@@ -934,6 +954,7 @@ def _attempts() -> list[int]:
     ]
 
 
+@pytest.mark.backing
 def test_default_permissions_deny_the_unprivileged(fs, native):
     results = {}
     for label, base in (("fuse", fs.mountpoint), ("native", native)):
@@ -1076,6 +1097,7 @@ def test_paths_near_path_max(fs, native):
     assert results["fuse"][0] == b"deep data" and results["fuse"][4] == errno.ENAMETOOLONG
 
 
+@pytest.mark.backing
 def test_deep_tree_walk_by_chdir(fs):
     deep, fd = _deep_tree(fs.mountpoint, 4000)
     os.close(fd)

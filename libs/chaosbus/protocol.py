@@ -7,12 +7,17 @@ on failure it carries ``error``, a sentence meant for the operator.
 
 from __future__ import annotations
 
+import re
+import signal as _signal
+from dataclasses import dataclass
 from typing import Any
 
 from .globs import GlobError, compile_glob
 from .rules import MAX_RULES, METHOD_SET, FaultRule, RuleError
 
-OPS = ("set", "recover", "methods", "injected", "status", "ping")
+# Lazy mode's one-shot actions (issue 7): they act on unsynced data, not on rules.
+LAZY_OPS = ("report-unsynced", "lose-unsynced", "torn-write", "power-cut")
+OPS = ("set", "recover", "methods", "injected", "status", "ping", *LAZY_OPS)
 PROTOCOL_VERSION = 1
 
 
@@ -70,6 +75,118 @@ def parse_recover(command: dict[str, Any]) -> tuple[str, str | None]:
     if key == "method" and value not in METHOD_SET:
         raise CommandError(f"unknown method {value!r}")
     return key, value
+
+
+MAX_SEED_LENGTH = 256
+MAX_ALIGN = 1024 * 1024
+MAX_KEEP = 2**62
+_LAZY_FIELDS = {
+    "report-unsynced": {"path"},
+    "lose-unsynced": {"path", "metadata"},
+    "torn-write": {"path", "seed", "keep", "whole_writes", "align"},
+    "power-cut": {"path", "metadata", "signal"},
+}
+
+
+@dataclass(frozen=True)
+class LazyAction:
+    """One lazy-mode action, checked. Fields an op does not take hold their defaults."""
+
+    op: str
+    path: str
+    path_regex: re.Pattern[str]
+    metadata: bool
+    seed: int | str | None
+    keep: int | None
+    whole_writes: bool
+    align: int
+    signal: int
+
+
+def parse_lazy(command: dict[str, Any]) -> LazyAction:
+    """Check a report-unsynced, lose-unsynced, torn-write or power-cut command."""
+    op = command.get("op")
+    if op not in LAZY_OPS:
+        raise CommandError(f"{op!r} is not a lazy-mode op; expected one of {', '.join(LAZY_OPS)}")
+    _only(command, _LAZY_FIELDS[op])
+    path = command.get("path", "**")
+    if not isinstance(path, str):
+        raise CommandError(f"path must be a glob string, got {path!r}")
+    try:
+        path_regex = compile_glob(path)
+    except GlobError as exc:
+        raise CommandError(str(exc)) from None
+    metadata = command.get("metadata", False)
+    whole_writes = command.get("whole_writes", False)
+    for name, value in (("metadata", metadata), ("whole_writes", whole_writes)):
+        if not isinstance(value, bool):
+            raise CommandError(f"{name} must be true or false, got {value!r}")
+    seed, keep = command.get("seed"), command.get("keep")
+    if op == "torn-write":
+        if (seed is None) == (keep is None):
+            raise CommandError(
+                "torn-write needs exactly one of seed (a random cut) or keep (bytes that survive)"
+            )
+        if seed is not None:
+            seed = _seed(seed)
+        if keep is not None and (
+            isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= MAX_KEEP
+        ):
+            raise CommandError(f"keep must be a number of bytes from 0 to {MAX_KEEP}, got {keep!r}")
+    align = command.get("align", 1)
+    if (
+        isinstance(align, bool)
+        or not isinstance(align, int)
+        or not 1 <= align <= MAX_ALIGN
+        or align & (align - 1)
+    ):
+        raise CommandError(
+            f"align must be a power of two from 1 to {MAX_ALIGN} (1 MiB), got {align!r}"
+        )
+    return LazyAction(
+        op=op,
+        path=path,
+        path_regex=path_regex,
+        metadata=metadata,
+        seed=seed,
+        keep=keep,
+        whole_writes=whole_writes,
+        align=align,
+        signal=_signal_number(command.get("signal", "KILL")),
+    )
+
+
+def _seed(value: Any) -> int | str:
+    if isinstance(value, str):
+        if not 1 <= len(value) <= MAX_SEED_LENGTH:
+            raise CommandError(
+                f"a seed string must be 1-{MAX_SEED_LENGTH} characters, got {len(value)}"
+            )
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**64:
+        raise CommandError(f"seed must be a whole number or a string, got {value!r}")
+    return value
+
+
+def _signal_number(value: Any) -> int:
+    """KILL, SIGKILL, kill, 9 or "9": the signal's number on this system."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        if 1 <= value <= 64:
+            return value
+    elif isinstance(value, str):
+        name = value.strip().upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        member = _signal.Signals.__members__.get(name)
+        if member is not None:
+            return int(member)
+    raise CommandError(
+        f"signal must be a name like KILL or TERM or a number from 1 to 64, got {value!r}"
+    )
 
 
 class Target:

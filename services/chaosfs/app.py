@@ -18,6 +18,7 @@ from .cli import Config
 from .control import BusControl
 from .faults import FaultEngine
 from .inodes import InodeTable
+from .lazyfs import LazyOperations
 from .mounting import (
     StartError,
     prepare_mountpoint,
@@ -62,7 +63,17 @@ def run(config: Config) -> int:
     signal.signal(signal.SIGINT, _remember_signal)
     table = InodeTable(root_fd)
     engine = FaultEngine(table)
-    ops = ChaosOperations(table, engine, config.cache_timeout)
+    ops: ChaosOperations
+    if config.lazy:
+        try:
+            ops = LazyOperations(table, engine, config.cache_timeout, config.lazy_max_bytes, log)
+        except OSError as exc:
+            log.error("start_failed", error=f"lazy mode's trash directory: {exc}")
+            print(f"chaosfs: cannot prepare lazy mode in {config.original}: {exc}", file=sys.stderr)
+            return 1
+        log.info("lazy_mode", max_bytes=config.lazy_max_bytes)
+    else:
+        ops = ChaosOperations(table, engine, config.cache_timeout)
     options = set(pyfuse3.default_options)
     options |= {"fsname=chaosfs", "subtype=chaosfs", "allow_other", "default_permissions"}
     try:
@@ -76,6 +87,8 @@ def run(config: Config) -> int:
         trio.run(_serve, config, ops, engine, log)
     finally:
         pyfuse3.close(unmount=True)
+        if isinstance(ops, LazyOperations):
+            ops.make_all_durable()  # a clean stop loses nothing, as an unmount would not
         if config.pidfile:
             remove_pidfile(config.pidfile)
         table.close_all()

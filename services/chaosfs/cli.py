@@ -13,7 +13,11 @@ from chaosbus import __version__
 from chaosbus.bus import BusAuth, default_url
 from chaosbus.durations import parse_duration
 from chaosbus.goflags import Flag, FlagError, parse_flags, usage
+from chaosbus.sizes import parse_size
 from chaosbus.subjects import parse_pod
+
+DEFAULT_LAZY_MAX_BYTES = 256 << 20
+_TRUE = {"1", "true", "yes", "on"}
 
 FLAGS = (
     Flag(
@@ -65,6 +69,19 @@ FLAGS = (
         parse=parse_duration,
         metavar="DURATION",
     ),
+    Flag(
+        "lazy",
+        "keep writes in memory until fsync makes them durable, so power-cut faults can lose"
+        " them ($CHAOSFS_LAZY=1)",
+        default=False,
+        boolean=True,
+    ),
+    Flag(
+        "lazy-max-bytes",
+        "memory for unsynced writes in lazy mode; beyond it the oldest are written back early"
+        " ($CHAOSFS_LAZY_MAX_BYTES)",
+        metavar="SIZE",
+    ),
     Flag("log-level", "debug, info, warning or error", default="info", metavar="LEVEL"),
     Flag("version", "print the version and exit", default=False, boolean=True),
     Flag("help", "show this help", default=False, boolean=True),
@@ -87,6 +104,8 @@ class Config:
     labels: dict[str, str] = field(default_factory=dict)
     auth: BusAuth = field(default_factory=BusAuth)
     metrics_addr: str | None = None
+    lazy: bool = False
+    lazy_max_bytes: int = DEFAULT_LAZY_MAX_BYTES
 
     @property
     def pod_ref(self) -> str:
@@ -133,6 +152,14 @@ def parse_config(argv: Sequence[str], env: dict[str, str]) -> Config:
         raise FlagError(str(exc)) from None
     if values["heartbeat"] <= 0:
         raise FlagError("-heartbeat must be above zero")
+    lazy = values["lazy"] or env.get("CHAOSFS_LAZY", "").strip().lower() in _TRUE
+    max_text = values["lazy-max-bytes"] or env.get("CHAOSFS_LAZY_MAX_BYTES") or ""
+    try:
+        lazy_max = parse_size(max_text) if max_text else DEFAULT_LAZY_MAX_BYTES
+    except ValueError as exc:
+        raise FlagError(f"-lazy-max-bytes: {exc}") from None
+    if lazy_max < 1:
+        raise FlagError("-lazy-max-bytes must be at least 1 byte")
     return Config(
         original=original,
         mountpoint=mountpoint,
@@ -147,6 +174,8 @@ def parse_config(argv: Sequence[str], env: dict[str, str]) -> Config:
         labels=labels,
         auth=auth,
         metrics_addr=values["metrics-addr"],
+        lazy=lazy,
+        lazy_max_bytes=lazy_max,
     )
 
 

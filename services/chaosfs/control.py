@@ -32,9 +32,11 @@ from chaosbus.kv import open_bucket
 from chaosbus.rules import METHODS, FaultRule, RuleError
 from chaosbus.subjects import FLEET_COMMAND, pod_command, pod_event
 
+from . import processes
 from .cli import Config
 from .convergence import DesiredState
 from .faults import FaultEngine, process_name
+from .lazyfs import LazyOperations
 from .passthrough import ChaosOperations
 
 # Test hook: hold every command handler this many seconds, blocking the bus loop,
@@ -42,6 +44,7 @@ from .passthrough import ChaosOperations
 HANDLER_DELAY_ENV = "CHAOSFS_TEST_HANDLER_DELAY"
 EXPIRY_INTERVAL = 0.1
 INJECTION_FLUSH_INTERVAL = 0.25
+LAZY_OFF = "lazy mode is off: start chaosfs with -lazy"
 INJECTION_BATCH = 50  # per flush: at most 200 events a second leave a sidecar
 
 
@@ -418,6 +421,8 @@ class BusControl:
                 rules=[r.id for r in gone],
             )
             return protocol.ok(pod, recovered=[r.id for r in gone])
+        if op in protocol.LAZY_OPS:
+            return await self._lazy(command, actor, fleet, log)
         if op == "methods":
             return protocol.ok(pod, methods=list(METHODS))
         if op == "injected":
@@ -431,8 +436,103 @@ class BusControl:
                 rules=engine.describe(),
                 managed=sorted(engine.managed),
                 events_dropped=engine.events_dropped,
+                lazy=await self._lazy_status(),
             )
         return protocol.ok(pod, **self._identity())  # ping
+
+    # --- lazy mode: power cuts ------------------------------------------------------
+
+    async def _on_trio(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn`` on the FUSE thread, between two requests, and return its result."""
+        call = functools.partial(trio.from_thread.run_sync, fn, *args, trio_token=self.trio_token)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, call)
+        except trio.RunFinishedError:
+            raise protocol.CommandError("the mount is shutting down") from None
+
+    async def _lazy_status(self) -> dict[str, Any]:
+        if not isinstance(self.ops, LazyOperations):
+            return {"enabled": False}
+        return await self._on_trio(self.ops.status)
+
+    async def _lazy(
+        self, command: dict[str, Any], actor: str, fleet: bool, log: Any
+    ) -> dict[str, Any]:
+        ops = self.ops
+        if not isinstance(ops, LazyOperations):
+            raise protocol.CommandError(LAZY_OFF)
+        action = protocol.parse_lazy(command)
+        pod = self.config.pod_ref
+        where = {"actor": actor, "fleet": fleet, "path": action.path}
+        if action.op == "report-unsynced":
+            report = await self._on_trio(ops.unsynced, action.path_regex)
+            self._audit(
+                "unsynced.reported",
+                **where,
+                files=len(report["files"]),
+                bytes=report["bytes"],
+                dir_ops=len(report["dir_ops"]),
+            )
+            return protocol.ok(pod, unsynced=report)
+        loop = asyncio.get_running_loop()
+        killed: list[dict[str, Any]] = []
+        survivors: list[processes.Victim] = []
+        if action.op == "power-cut":
+            # Stop the writers first: once they are dead nothing new can become
+            # unsynced between the kill and the loss.
+            victims = await loop.run_in_executor(None, processes.users_of, self.config.mountpoint)
+            survivors = await loop.run_in_executor(None, processes.kill_all, victims, action.signal)
+            killed = [{"pid": v.pid, "comm": v.comm} for v in victims if v not in survivors]
+        if action.op == "torn-write":
+            report, targets = await self._on_trio(
+                ops.tear,
+                action.path_regex,
+                action.seed,
+                action.keep,
+                action.whole_writes,
+                action.align,
+            )
+        else:
+            report, targets = await self._on_trio(ops.lose, action.path_regex, action.metadata)
+        # Drop what the kernel caches of those files and names: the next read must
+        # see what survived, not the page cache's memory of what did not.
+        await loop.run_in_executor(None, _invalidate, targets)
+        figures = {"files": report["files"], "dir_ops": len(report.get("dir_ops", []))}
+        if action.op == "torn-write":
+            log.info("unsynced_torn", seed=action.seed, keep=action.keep, **where, **figures)
+            self._audit(
+                "unsynced.torn",
+                **where,
+                seed=action.seed,
+                keep=action.keep,
+                kept=report["kept"],
+                lost=report["lost"],
+                **figures,
+            )
+            return protocol.ok(pod, torn=report)
+        if action.op == "power-cut":
+            log.warning("power_cut", killed=killed, survivors=len(survivors), **where, **figures)
+            self._audit(
+                "power.cut",
+                **where,
+                signal=action.signal,
+                metadata=action.metadata,
+                killed=killed,
+                survivors=[{"pid": v.pid, "comm": v.comm} for v in survivors],
+                bytes=report["bytes"],
+                **figures,
+            )
+            return protocol.ok(
+                pod,
+                killed=killed,
+                survivors=[{"pid": v.pid, "comm": v.comm} for v in survivors],
+                lost=report,
+            )
+        log.warning("unsynced_lost", metadata=action.metadata, **where, **figures)
+        self._audit(
+            "unsynced.lost", **where, metadata=action.metadata, bytes=report["bytes"], **figures
+        )
+        return protocol.ok(pod, lost=report)
 
     async def _drop_caches(self, rules: list[FaultRule]) -> None:
         """Make a rule change visible to the very next operation, cached or not."""
@@ -459,8 +559,9 @@ class BusControl:
 
 def _invalidate(targets: list[tuple[int, int, bytes]]) -> None:
     for node_id, parent_id, name in targets:
-        with contextlib.suppress(OSError):
-            pyfuse3.invalidate_inode(node_id)
+        if node_id:
+            with contextlib.suppress(OSError):
+                pyfuse3.invalidate_inode(node_id)
         if parent_id:
             with contextlib.suppress(OSError):
                 pyfuse3.invalidate_entry(parent_id, name)

@@ -716,6 +716,10 @@ class MetaJournal(Generic[K]):
                 tainted.update(deps)
         return lost
 
+    def lost(self, match: Callable[[K], bool] | None = None) -> list[DirOp[K]]:
+        """The ops ``lose(match)`` would roll back, oldest first (for reports)."""
+        return self._lost(match)
+
     def undo_plan(self, match: Callable[[K], bool] | None = None) -> list[Undo[K]]:
         """The steps, newest op first, that roll back what a power cut would lose
         (``match``: only in matching directories, and what depends on them)."""

@@ -51,6 +51,34 @@ class ChaosfsCollector(Collector):
         connected = GaugeMetricFamily("chaosfs_bus_connected", "1 while connected to NATS")
         connected.add_metric([], 1 if self.control.connected else 0)
         yield connected
+        yield from _lazy_metrics(getattr(self.control, "ops", None))
+
+
+def _lazy_metrics(ops: Any) -> Iterator[Any]:
+    """Lazy mode's memory and what power-cut faults did; plain ints, read unlocked."""
+    cache = getattr(ops, "cache", None)
+    if cache is None:
+        return
+    held = GaugeMetricFamily("chaosfs_lazy_held_bytes", "Unsynced write data held in memory")
+    held.add_metric([], cache.held)
+    yield held
+    budget = GaugeMetricFamily("chaosfs_lazy_max_bytes", "Lazy mode's memory budget")
+    budget.add_metric([], cache.max_bytes)
+    yield budget
+    files = GaugeMetricFamily("chaosfs_lazy_unsynced_files", "Files with unsynced writes")
+    files.add_metric([], len(cache))
+    yield files
+    stats = cache.stats
+    for name, what in (
+        ("flushed_bytes", "Bytes written back because a program synced them"),
+        ("early_bytes", "Bytes written back early to stay within the budget"),
+        ("early_flushes", "Files written back early to stay within the budget"),
+        ("lost_bytes", "Unsynced bytes dropped by lose-unsynced and power-cut"),
+        ("torn_lost_bytes", "Unsynced bytes dropped by torn-write"),
+    ):
+        counter = CounterMetricFamily(f"chaosfs_lazy_{name}", what)
+        counter.add_metric([], getattr(stats, name))
+        yield counter
 
 
 def serve(addr: str, engine: FaultEngine, control: Any) -> None:

@@ -168,6 +168,7 @@ class ChaosOperations(pyfuse3.Operations):
         st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         inode = self.table.attach(parent, name, st)
         inode.lookups += 1
+        self._made(parent, name, inode)
         return self._entry(inode, st)
 
     async def _check_path(
@@ -194,6 +195,52 @@ class ChaosOperations(pyfuse3.Operations):
             return self.table[node_id]
         except KeyError:
             raise FUSEError(errno.ESTALE) from None
+
+    # --- the backing store: what lazy mode (see ``lazyfs``) does differently ----------
+
+    def _pread(self, handle: FileHandle, fh: int, size: int, off: int) -> bytes:
+        return os.pread(fh, size, off)
+
+    def _pwrite(self, handle: FileHandle, fh: int, buf: bytes, off: int) -> int:
+        return os.pwrite(fh, buf, off)
+
+    def _size(self, node: Inode, fd: int) -> int:
+        return os.fstat(fd).st_size
+
+    def _truncate(self, node: Inode, fh: int | None, size: int) -> None:
+        if fh is not None:
+            os.ftruncate(fh, size)
+        else:
+            os.truncate(node.proc, size)
+
+    def _sync(self, handle: FileHandle, fh: int, datasync: bool) -> None:
+        if datasync:
+            os.fdatasync(fh)
+        else:
+            os.fsync(fh)
+
+    def _sync_dir(self, handle: DirHandle) -> None:
+        os.fsync(handle.fd)
+
+    def _list(self, handle: DirHandle) -> list[bytes]:
+        return [os.fsencode(n) for n in os.listdir(handle.fd)]
+
+    def _unlink(self, parent: Inode, name: bytes) -> None:
+        os.unlink(name, dir_fd=parent.fd)
+
+    def _rmdir(self, parent: Inode, name: bytes) -> None:
+        os.rmdir(name, dir_fd=parent.fd)
+
+    def _rename(
+        self, old_parent: Inode, old: bytes, new_parent: Inode, new: bytes, flags: int
+    ) -> None:
+        if flags:
+            sysio.renameat2(old_parent.fd, old, new_parent.fd, new, flags)
+        else:
+            os.rename(old, new, src_dir_fd=old_parent.fd, dst_dir_fd=new_parent.fd)
+
+    def _made(self, parent: Inode, name: bytes, node: Inode) -> None:
+        """A new name ``parent/name`` for ``node`` exists (create, mknod, mkdir, symlink, link)."""
 
     # --- names ----------------------------------------------------------------
 
@@ -264,12 +311,9 @@ class ChaosOperations(pyfuse3.Operations):
             await self._check("utimens", node, ctx)
         try:
             if growth is not None:
-                _charge_truncate(growth, os.stat(node.fd).st_size, attr.st_size)
+                _charge_truncate(growth, self._size(node, node.fd), attr.st_size)
             if fields.update_size:
-                if fh is not None:
-                    os.ftruncate(fh, attr.st_size)
-                else:
-                    os.truncate(node.proc, attr.st_size)
+                self._truncate(node, fh, attr.st_size)
             if fields.update_uid or fields.update_gid:
                 uid = attr.st_uid if fields.update_uid else -1
                 gid = attr.st_gid if fields.update_gid else -1
@@ -349,7 +393,7 @@ class ChaosOperations(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         await self._check_path("unlink", parent, name, ctx)
         try:
-            os.unlink(name, dir_fd=parent.fd)
+            self._unlink(parent, name)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
 
@@ -357,7 +401,7 @@ class ChaosOperations(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         await self._check_path("rmdir", parent, name, ctx)
         try:
-            os.rmdir(name, dir_fd=parent.fd)
+            self._rmdir(parent, name)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
 
@@ -374,10 +418,7 @@ class ChaosOperations(pyfuse3.Operations):
         new_parent = self._inode(parent_inode_new)
         await self._check_path("rename", old_parent, name_old, ctx)
         try:
-            if flags:
-                sysio.renameat2(old_parent.fd, name_old, new_parent.fd, name_new, flags)
-            else:
-                os.rename(name_old, name_new, src_dir_fd=old_parent.fd, dst_dir_fd=new_parent.fd)
+            self._rename(old_parent, name_old, new_parent, name_new, flags)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
         self._track_move(new_parent, name_new)
@@ -406,6 +447,7 @@ class ChaosOperations(pyfuse3.Operations):
         except OSError as exc:
             raise FUSEError(exc.errno) from None
         node.lookups += 1
+        self._made(parent, new_name, node)
         return self._entry(node, st)
 
     # --- files ----------------------------------------------------------------
@@ -474,6 +516,7 @@ class ChaosOperations(pyfuse3.Operations):
             os.close(fd)
             raise FUSEError(exc.errno) from None
         node.lookups += 1
+        self._made(parent, name, node)
         return self._file_info(fd, node, ctx, flags), self._entry(node, st)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -481,7 +524,7 @@ class ChaosOperations(pyfuse3.Operations):
         decision = self.faults.for_inode("read", handle.inode, handle.pid, handle.uid)
         if decision is None:
             try:
-                return os.pread(fh, size, off)
+                return self._pread(handle, fh, size, off)
             except OSError as exc:
                 raise FUSEError(exc.errno) from None
         await _inflict(decision)
@@ -489,7 +532,7 @@ class ChaosOperations(pyfuse3.Operations):
             # Through the page cache a short read would read as end of file.
             size = decision.shorten(size)
         try:
-            data = os.pread(fh, size, off)
+            data = self._pread(handle, fh, size, off)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
         return decision.corrupt(data) if decision.mistake is not None else data
@@ -499,17 +542,19 @@ class ChaosOperations(pyfuse3.Operations):
         decision = self.faults.for_inode("write", handle.inode, handle.pid, handle.uid)
         if decision is not None:
             await _inflict(decision)
-            return await self._faulted_write(fh, off, buf, decision)
+            return await self._faulted_write(handle, fh, off, buf, decision)
         try:
-            written = os.pwrite(fh, buf, off)
+            written = self._pwrite(handle, fh, buf, off)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
         self._after_write(fh)
         return written
 
-    async def _faulted_write(self, fh: int, off: int, buf: bytes, decision: Decision) -> int:
+    async def _faulted_write(
+        self, handle: FileHandle, fh: int, off: int, buf: bytes, decision: Decision
+    ) -> int:
         try:
-            size_before = os.fstat(fh).st_size if decision.quota is not None else 0
+            size_before = self._size(handle.inode, fh) if decision.quota is not None else 0
             refused = False
             if decision.quota is not None:
                 # A virtual quota: the paths may grow by so many bytes, no more.
@@ -525,7 +570,7 @@ class ChaosOperations(pyfuse3.Operations):
                 buf = buf[: decision.shorten(len(buf))]
             if decision.mistake is not None:
                 buf = decision.corrupt(buf)
-            written = os.pwrite(fh, buf, off)
+            written = self._pwrite(handle, fh, buf, off)
             if decision.quota is not None:
                 decision.charge(max(0, off + written - size_before), refused=refused)
         except OSError as exc:
@@ -553,10 +598,7 @@ class ChaosOperations(pyfuse3.Operations):
         handle = self.files[fh]
         await self._check("fsync", handle.inode, handle)
         try:
-            if datasync:
-                os.fdatasync(fh)
-            else:
-                os.fsync(fh)
+            self._sync(handle, fh, datasync)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
 
@@ -588,7 +630,7 @@ class ChaosOperations(pyfuse3.Operations):
         await self._check("readdir", parent)
         try:
             if start_id == 0 or handle.names is None:
-                handle.names = [os.fsencode(n) for n in os.listdir(handle.fd)]
+                handle.names = self._list(handle)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
         names = handle.names
@@ -621,9 +663,10 @@ class ChaosOperations(pyfuse3.Operations):
             os.close(fh)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        await self._check("fsyncdir", self.dirs[fh].inode)
+        handle = self.dirs[fh]
+        await self._check("fsyncdir", handle.inode)
         try:
-            os.fsync(fh)
+            self._sync_dir(handle)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
 
