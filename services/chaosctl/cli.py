@@ -1,5 +1,6 @@
-"""``chaosctl``: set and recover faults on one sidecar or the fleet, list the
-sidecars, and read the audit trail.
+"""``chaosctl``: set and recover faults on one sidecar or the fleet, lose or tear
+unsynced data and cut the power (sidecars in lazy mode), list the sidecars, and
+read the audit trail.
 
 Exit codes: 0 every sidecar asked acknowledged; 1 one refused or failed (the
 reason is printed); 2 the command line is wrong; 3 nobody answered (no NATS, no
@@ -22,7 +23,17 @@ from . import commands, output
 from .auditlog import events
 from .client import Refused, Session, Unreachable
 from .commands import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, Outcome
-from .rulespec import UsageError, add_rule_flags
+from .rulespec import UsageError, add_lazy_flags, add_rule_flags
+
+# Lazy-mode actions may write back or kill processes (power-cut waits up to 5 s
+# for them to die), so they wait longer for answers unless --timeout says otherwise.
+LAZY_TIMEOUT = 10.0
+LAZY_VERBS = {
+    "report-unsynced": "what a power cut would lose now: unsynced files, bytes, directory ops",
+    "lose-unsynced": "drop every unsynced write, as if the power went out now",
+    "torn-write": "persist only part of the unsynced writes (--seed or --keep), drop the rest",
+    "power-cut": "kill the app's processes that use the mount, then lose the unsynced data",
+}
 
 
 def _common() -> argparse.ArgumentParser:
@@ -83,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--method", help="stop faulting this operation in every rule (one pod)")
     which.add_argument("--all", action="store_true", help="remove every rule")
 
+    for verb, text in LAZY_VERBS.items():
+        p = verbs.add_parser(
+            verb, help=f"lazy mode: {text}", description=text + ".", parents=[common]
+        )
+        # --pod or --fleet is checked by the command, so that a missing or doubled
+        # one is a one-line error like the other command-line mistakes here.
+        p.add_argument("--pod", help="NAMESPACE/NAME")
+        p.add_argument("--fleet", action="store_true", help="every matching sidecar")
+        _targets(p)
+        add_lazy_flags(p, verb)
+
     for verb, text in (
         ("list", "the rules in force on one sidecar"),
         ("methods", "operations a sidecar can fault"),
@@ -114,6 +136,7 @@ HANDLERS = {
     ("fault", "recover"): commands.fault_recover,
     ("fault", "list"): commands.fault_list,
     ("fault", "methods"): commands.fault_methods,
+    **{("fault", verb): commands.fault_lazy for verb in LAZY_VERBS},
     ("status", None): commands.status,
     ("sidecars", None): commands.sidecars,
 }
@@ -157,9 +180,12 @@ async def _audit(session: Session, args: argparse.Namespace, as_json: bool) -> i
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     url = getattr(args, "nats", None) or default_url()
-    timeout = getattr(args, "timeout", 3.0)
+    lazy = args.command == "fault" and getattr(args, "verb", None) in LAZY_VERBS
+    timeout = getattr(args, "timeout", LAZY_TIMEOUT if lazy else 3.0)
     as_json = getattr(args, "json", False)
     try:
+        if lazy:
+            commands.lazy_command(args)  # a bad command line is told before connecting
         return asyncio.run(_run(args, url, timeout, as_json))
     except (UsageError, ValueError) as exc:
         print(f"chaosctl: {exc}", file=sys.stderr)

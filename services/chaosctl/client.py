@@ -4,6 +4,7 @@ an operator can act on."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,13 +54,20 @@ class Session:
     @classmethod
     async def open(cls, url: str, timeout: float, **auth: Any) -> Session:
         try:
-            nc = await connect(
-                url,
-                name="chaosctl",
-                reconnect_forever=False,
-                connect_timeout=min(timeout, 2.0),
-                **auth,
+            # Bounded here as a whole: with reconnects off, nats-py 2.16 still retries
+            # a refused first connection forever (max_reconnect_attempts=0 is "no limit").
+            nc = await asyncio.wait_for(
+                connect(
+                    url,
+                    name="chaosctl",
+                    reconnect_forever=False,
+                    connect_timeout=min(timeout, 2.0),
+                    **auth,
+                ),
+                timeout=max(timeout, 2.0),
             )
+        except TimeoutError:
+            raise Unreachable(f"cannot reach NATS at {url} within {max(timeout, 2.0):g}s") from None
         except Exception as exc:
             raise Unreachable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
         return cls(nc, timeout)

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from chaosbus import codec, desired
-from chaosbus.protocol import Target
+from chaosbus.protocol import LAZY_OPS, CommandError, Target, parse_lazy
 from chaosbus.rules import METHOD_SET, FaultRule, RuleError
 from chaosbus.subjects import encode_token, parse_pod
 
 from . import output
 from .client import FleetResult, Session
-from .rulespec import rule_from_args, target_from_args
+from .rulespec import UsageError, lazy_from_args, rule_from_args, target_from_args
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -212,15 +212,64 @@ async def fleet_recover(s: Session, args: argparse.Namespace) -> Outcome:
     return _fleet_outcome(await s.broadcast(command, expected, lost), warnings)
 
 
-def _fleet_outcome(result: FleetResult, warnings: list[str]) -> Outcome:
-    data = {
+def _fleet_outcome(result: FleetResult, warnings: list[str], *, results: bool = False) -> Outcome:
+    """The fleet's answer: who acknowledged, who is missing, who refused (and why).
+
+    With ``results``, ``--json`` also carries each acknowledging sidecar's reply
+    under ``results`` and the text says what each one did.
+    """
+    data: dict[str, Any] = {
         "acked": sorted(result.acked),
         "missing": result.missing,
         "errors": [{"pod": p, "error": e} for p, e in sorted(result.errors.items())],
     }
+    text = output.fleet(result)
+    if results:
+        data["results"] = {pod: result.acked[pod] for pod in sorted(result.acked)}
+        text = "\n".join([text, *(output.lazy(result.acked[p]) for p in sorted(result.acked))])
     ok = result.total > 0 and not result.missing and not result.errors
-    code = EXIT_OK if ok else (EXIT_UNREACHABLE if not result.acked else EXIT_REFUSED)
-    return Outcome(code, output.fleet(result), data, warnings)
+    # A refusal is an answer: 3 only when nobody answered at all.
+    answered = result.acked or result.errors
+    code = EXIT_OK if ok else (EXIT_REFUSED if answered else EXIT_UNREACHABLE)
+    return Outcome(code, text, data, warnings)
+
+
+# --- lazy mode: one-shot actions on unsynced data, one pod or the fleet -------------------
+
+
+def lazy_command(args: argparse.Namespace) -> dict[str, Any]:
+    """The command for a lazy verb, checked with the sidecar's own parser before
+    anything is sent: a bad command line never reaches a sidecar."""
+    if args.verb not in LAZY_OPS:
+        raise UsageError(f"{args.verb} is not a lazy-mode action")
+    if args.pod and args.fleet:
+        raise UsageError(f"fault {args.verb} takes --pod or --fleet, not both")
+    if not args.pod and not args.fleet:
+        raise UsageError(f"fault {args.verb} needs --pod NAMESPACE/NAME or --fleet")
+    if args.pod:
+        parse_pod(args.pod)
+        if args.namespace or args.selector or args.pods:
+            raise UsageError("--namespace, --selector and --pods choose sidecars for --fleet only")
+    command = {"op": args.verb, **lazy_from_args(args), "actor": actor()}
+    try:
+        parse_lazy(command)
+        if args.fleet:
+            command["target"] = target_from_args(args)
+            Target(command["target"])
+    except CommandError as exc:
+        raise UsageError(str(exc)) from None
+    return command
+
+
+async def fault_lazy(s: Session, args: argparse.Namespace) -> Outcome:
+    """One-shot, so nothing goes into desired state: one pod's reply, or the fleet's."""
+    command = lazy_command(args)
+    if args.pod:
+        namespace, name = parse_pod(args.pod)
+        reply = await s.request_pod(namespace, name, command)
+        return Outcome(EXIT_OK, output.lazy(reply), reply)
+    alive, lost = await s.expected(command["target"])
+    return _fleet_outcome(await s.broadcast(command, alive, lost), [], results=True)
 
 
 async def sidecars(s: Session, args: argparse.Namespace) -> Outcome:

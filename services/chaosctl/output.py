@@ -86,6 +86,7 @@ def status(reply: dict[str, Any]) -> str:
         f"rules:      {len(reply['rules'])}",
     ]
     lines += ["  " + rule_line(r) for r in reply["rules"]]
+    lines += _lazy_status(reply.get("lazy") or {})
     drift = reply.get("drift") or {}
     if any(drift.values()):
         lines.append("drift from desired state:")
@@ -107,6 +108,140 @@ def fleet(result: FleetResult) -> str:
     if result.total == 0:
         lines.append("no sidecar matches (none registered, or the selectors exclude them all)")
     return "\n".join(lines)
+
+
+# --- lazy mode ---------------------------------------------------------------------
+
+MAX_FILES_SHOWN = 50  # per reply; --json has them all
+
+
+def lazy(reply: dict[str, Any]) -> str:
+    """What a lazy-mode action did on one sidecar, file by file, with totals."""
+    pod = reply.get("pod", "?")
+    if "torn" in reply:
+        return _torn(pod, reply["torn"])
+    if "unsynced" in reply:
+        return _unsynced(pod, reply["unsynced"])
+    if "killed" in reply:
+        return _power_cut(pod, reply)
+    if "lost" in reply:
+        return "\n".join(_lost(pod, reply["lost"]))
+    return f"{pod}: done (the reply carried no figures)"
+
+
+def _unsynced(pod: str, unsynced: dict[str, Any]) -> str:
+    files, dir_ops = unsynced.get("files") or {}, unsynced.get("dir_ops") or []
+    if not files and not dir_ops:
+        return f"{pod}: nothing unsynced; a power cut now would lose nothing"
+    head = f"{pod}: a power cut now would lose {_bytes(unsynced.get('bytes', 0))} in " + _n(
+        len(files), "file"
+    )
+    if dir_ops:
+        head += f"; with --metadata also {_n(len(dir_ops), 'directory operation')}"
+    lines = [head]
+    lines += _file_lines(files, lambda n: _bytes(n) + " unsynced")
+    lines += _dir_op_lines(dir_ops, "not yet durable")
+    return "\n".join(lines)
+
+
+def _lost(pod: str, lost: dict[str, Any]) -> list[str]:
+    files, dir_ops = lost.get("files") or {}, lost.get("dir_ops") or []
+    head = f"{pod}: lost {_bytes(lost.get('bytes', 0))} in {_n(len(files), 'file')}"
+    if dir_ops:
+        head += f" and rolled back {_n(len(dir_ops), 'directory operation')}"
+    lines = [head]
+    lines += _file_lines(files, lambda n: _bytes(n) + " lost")
+    lines += _dir_op_lines(dir_ops, "rolled back")
+    return lines
+
+
+def _torn(pod: str, torn: dict[str, Any]) -> str:
+    files = torn.get("files") or {}
+    lines = [
+        f"{pod}: tore {_n(len(files), 'file')}: kept {_bytes(torn.get('kept', 0))}, "
+        f"lost {_bytes(torn.get('lost', 0))}"
+    ]
+    lines += _file_lines(
+        files, lambda f: f"kept {_bytes(f.get('kept', 0))}, lost {_bytes(f.get('lost', 0))}"
+    )
+    return "\n".join(lines)
+
+
+def _power_cut(pod: str, reply: dict[str, Any]) -> str:
+    killed, survivors = reply.get("killed") or [], reply.get("survivors") or []
+    if killed:
+        what = f"killed {_n(len(killed), 'process', 'processes')}: {_procs(killed)}"
+    elif not survivors:
+        what = "no process had the mount in use"
+    else:
+        what = "killed no process"
+    lines = [f"{pod}: power cut; {what}"]
+    if survivors:
+        lines.append(f"{pod}: still alive after the signal: {_procs(survivors)}")
+    return "\n".join(lines + _lost(pod, reply.get("lost") or {}))
+
+
+def _procs(procs: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{p.get('pid')} ({p.get('comm', '?')})" for p in procs)
+
+
+def _lazy_status(lazy: dict[str, Any]) -> list[str]:
+    """Status lines of a sidecar in lazy mode (none for one that is not)."""
+    if not lazy.get("enabled"):
+        return []
+    get = lazy.get
+    lines = [
+        f"lazy mode:  {_bytes(get('unsynced_bytes', 0))} unsynced in "
+        f"{_n(get('unsynced_files', 0), 'file')}, "
+        f"{_n(get('pending_dir_ops', 0), 'directory operation')} pending; "
+        f"holding {_bytes(get('held_bytes', 0))} of {_bytes(get('max_bytes', 0))}"
+    ]
+    stats = get("stats") or {}
+    if stats:
+        get = stats.get
+        lines += [
+            f"  written back {_bytes(get('flushed_bytes', 0))} in "
+            f"{_n(get('flushes', 0), 'flush', 'flushes')}; early (over the memory bound) "
+            f"{_bytes(get('early_bytes', 0))} in {_n(get('early_flushes', 0), 'flush', 'flushes')}",
+            f"  lost {_bytes(get('lost_bytes', 0))} in {_n(get('lost_files', 0), 'file')}; "
+            f"torn {_n(get('torn_files', 0), 'file')}: kept {_bytes(get('torn_kept_bytes', 0))}, "
+            f"lost {_bytes(get('torn_lost_bytes', 0))}",
+        ]
+    return lines
+
+
+def _file_lines(files: dict[str, Any], describe: Any) -> list[str]:
+    names = sorted(files)
+    lines = [f"  {name or '.'}: {describe(files[name])}" for name in names[:MAX_FILES_SHOWN]]
+    if len(names) > MAX_FILES_SHOWN:
+        lines.append(f"  ... and {len(names) - MAX_FILES_SHOWN} more (--json lists them all)")
+    return lines
+
+
+def _dir_op_lines(ops: list[dict[str, Any]], state: str) -> list[str]:
+    lines = []
+    for op in ops[:MAX_FILES_SHOWN]:
+        move = f" -> {op['to']}" if op.get("to") is not None else ""
+        lines.append(f"  {op.get('kind')} {op.get('path')}{move} ({state})")
+    if len(ops) > MAX_FILES_SHOWN:
+        lines.append(
+            f"  ... and {len(ops) - MAX_FILES_SHOWN} more directory operations "
+            "(--json lists them all)"
+        )
+    return lines
+
+
+def _bytes(n: int) -> str:
+    n = int(n)
+    text = f"{n} byte" + ("" if n == 1 else "s")
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{text} ({n / size:.1f} {unit})"
+    return text
+
+
+def _n(count: int, word: str, plural: str | None = None) -> str:
+    return f"{count} {word if count == 1 else plural or word + 's'}"
 
 
 def sidecars(entries: list[dict[str, Any]]) -> str:

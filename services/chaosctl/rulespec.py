@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import time
 from typing import Any
 
@@ -150,3 +151,63 @@ def target_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.pods:
         target["pods"] = args.pods
     return target
+
+
+def add_lazy_flags(p: argparse.ArgumentParser, verb: str) -> None:
+    """Flags of the lazy-mode verbs: report-unsynced, lose-unsynced, torn-write, power-cut."""
+    p.add_argument("--path", help="only files under this glob (default **, everything)")
+    if verb in ("lose-unsynced", "power-cut"):
+        p.add_argument(
+            "--metadata",
+            action="store_true",
+            help="also roll back directory operations (create, rename, unlink, ...) "
+            "that no fsync of their directory made durable",
+        )
+    if verb == "power-cut":
+        p.add_argument("--signal", help="sent to the app's processes: KILL (default), TERM, 9, ...")
+    if verb == "torn-write":
+        p.add_argument("--seed", help="a random cut, the same for the same writes and seed")
+        p.add_argument(
+            "--keep", type=parse_size, help="bytes of each file's unsynced writes that survive"
+        )
+        p.add_argument(
+            "--whole-writes", action="store_true", help="cut only between writes, never inside one"
+        )
+        p.add_argument(
+            "--align", type=parse_size, help="a torn write ends on a multiple of this (4KiB, ...)"
+        )
+
+
+def lazy_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of a lazy-mode command; the sidecar's defaults stand for those not given."""
+    fields: dict[str, Any] = {}
+    if args.path is not None:
+        fields["path"] = args.path
+    if getattr(args, "metadata", False):
+        fields["metadata"] = True
+    if getattr(args, "signal", None) is not None:
+        fields["signal"] = int(args.signal) if args.signal.isdigit() else args.signal
+    if args.verb == "torn-write":
+        if args.seed is not None and args.keep is not None:
+            raise UsageError("torn-write takes --seed or --keep, not both")
+        if args.seed is None and args.keep is None:
+            raise UsageError(
+                "torn-write needs --seed S (a random cut) or --keep BYTES (what survives)"
+            )
+        if args.seed is not None:
+            fields["seed"] = _seed(args.seed)
+        else:
+            fields["keep"] = args.keep
+        if args.whole_writes:
+            fields["whole_writes"] = True
+        if args.align is not None:
+            fields["align"] = args.align
+    return fields
+
+
+def _seed(text: str) -> int | str:
+    """A number stays a number (it prints and audits as one); anything else is a string."""
+    if not re.fullmatch(r"-?[0-9]+", text):
+        return text
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else text
