@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("fs_bench.py", "ratio"),
         ("rules_bench.py", "worst cost ratio to no rules"),
         ("admission_bench.py", "p99"),
+        ("lazy_bench.py", "lazy/passthrough"),
     ],
 )
 def test_bench_quick_mode_runs(script, expect):

@@ -1,0 +1,338 @@
+"""What lazy mode costs: chaosfs -lazy against plain chaosfs, both against native, in one run.
+
+Lazy mode holds every write in chaosfs's memory until the program makes it
+durable, and writes it to the backing file then. Two workloads show the two ends:
+
+* fsync-heavy: 4 KiB appended, then fdatasync, N times (a database's log);
+  every write is held and flushed at once by the next fdatasync;
+* buffered: 1 MiB sequential writes, 256 MiB in all, one fsync at the end
+  (a bulk load); lazy mode holds it all and writes it back in that fsync.
+
+Three targets, interleaved round by round so that drift hits all alike: native
+(a plain directory on the backing file system), chaosfs (a mount with no
+rules), chaosfs -lazy (another mount, same file system, lazy mode, default
+-lazy-max-bytes). The best of ``--repeats`` rounds is kept; every figure is
+printed beside native and the lazy one beside passthrough, as ratios. The
+fsyncs reach the backing disk in all three, so ``--dir /dev/shm`` measures
+chaosfs alone and the default ``/var/tmp`` what an application on that disk sees.
+
+Usage: ``python bench/lazy_bench.py [--quick] [--repeats N] [--dir DIR]
+[--placement split|same|free]``. Needs root and /dev/fuse. The exit status says
+whether the bench ran, not whether lazy mode was fast enough.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fs_bench import (
+    BIN,
+    PLACEMENTS,
+    _request,
+    free_port,
+    is_mounted,
+    placement_cpus,
+    port_open,
+    spawn,
+    stop,
+    wait_for,
+)
+
+from chaosbus import codec
+from chaosbus.subjects import pod_command
+
+MIB = 1 << 20
+PAGE = 4096
+NAMESPACE = "bench"
+FILE = "bench.bin"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    fsyncs: int  # 4 KiB write + fdatasync pairs per round
+    buffered_mib: int  # written in 1 MiB chunks, then one fsync
+    repeats: int
+
+
+FULL = Sizes(fsyncs=2000, buffered_mib=256, repeats=3)
+QUICK = Sizes(fsyncs=200, buffered_mib=16, repeats=1)
+
+
+@dataclass
+class Target:
+    name: str
+    root: Path
+
+
+def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def empty(path: Path) -> None:
+    """Before the clock: an empty file, durably so (no pending truncate in lazy mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.sync()  # earlier rounds' dirty pages must not be written back during this one
+
+
+def fsync_heavy(target: Target, sizes: Sizes) -> float:
+    """ops/s: pwrite 4 KiB at the end, then fdatasync, as a write-ahead log does."""
+    path = target.root / FILE
+    empty(path)
+    block = os.urandom(PAGE)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        start = time.perf_counter()
+        for i in range(sizes.fsyncs):
+            write_all(fd, block, i * PAGE)
+            os.fdatasync(fd)
+        elapsed = time.perf_counter() - start
+    finally:
+        os.close(fd)
+    return sizes.fsyncs / elapsed
+
+
+def buffered(target: Target, sizes: Sizes) -> float:
+    """MiB/s: 1 MiB sequential writes, then one fsync, open to close."""
+    path = target.root / FILE
+    empty(path)
+    chunk = os.urandom(MIB)
+    start = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for i in range(sizes.buffered_mib):
+            write_all(fd, chunk, i * MIB)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return sizes.buffered_mib / (time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    label: str
+    unit: str
+    run: Callable[[Target, Sizes], float]
+
+
+WORKLOADS = (
+    Workload("fsync", "4 KiB write + fdatasync", "ops/s", fsync_heavy),
+    Workload("buffered", "1 MiB writes, fsync at end", "MiB/s", buffered),
+)
+
+
+# --- processes -------------------------------------------------------------------
+
+
+@dataclass
+class Mount:
+    name: str  # also the pod name
+    lazy: bool
+    root: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def original(self) -> Path:
+        return self.root / f"{self.name}-original"
+
+    @property
+    def mountpoint(self) -> Path:
+        return self.root / f"{self.name}-mnt"
+
+    def start(self, chaosfs: list[str], nats_url: str, cpus: set[int] | None) -> None:
+        self.original.mkdir()
+        self.mountpoint.mkdir()
+        pidfile = self.root / f"{self.name}.pid"
+        log = self.root / f"{self.name}.log"
+        cmd = [*chaosfs, "-original", str(self.original), "-mountpoint", str(self.mountpoint),
+               "-pidfile", str(pidfile), "-pod", f"{NAMESPACE}/{self.name}", "-nats", nats_url,
+               *(["-lazy"] if self.lazy else [])]  # fmt: skip
+        self.proc = spawn(cmd, log, cpus)
+        wait_for(lambda: pidfile.exists() or self.proc.poll() is not None, 20, self.name)
+        if self.proc.poll() is not None:
+            text = log.read_text(errors="replace")
+            raise RuntimeError(f"chaosfs ({self.name}) exited with {self.proc.returncode}:\n{text}")
+
+    def close(self) -> None:
+        stop(self.proc)
+        if is_mounted(self.mountpoint):
+            subprocess.run(["umount", "-l", str(self.mountpoint)], check=False)
+
+
+@dataclass
+class Bench:
+    root: Path
+    chaosfs: list[str]
+    cpus: set[int] | None
+    port: int = field(default_factory=free_port)
+    nats: subprocess.Popen[bytes] | None = None
+    mounts: list[Mount] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> tuple[Target, ...]:
+        server = str(BIN / "nats-server") if (BIN / "nats-server").exists() else "nats-server"
+        self.nats = spawn([server, "-a", "127.0.0.1", "-p", str(self.port)],
+                          self.root / "nats.log")  # fmt: skip
+        wait_for(lambda: port_open(self.port), 10, "nats-server to listen")
+        native = self.root / "native"
+        native.mkdir()
+        for name, lazy in (("plain", False), ("lazy", True)):
+            mount = Mount(name, lazy, self.root)
+            self.mounts.append(mount)
+            mount.start(self.chaosfs, self.url, self.cpus)
+        status = self.status("lazy").get("lazy") or {}
+        if status.get("enabled") is not True:
+            raise RuntimeError(f"chaosfs -lazy does not report lazy mode: {status}")
+        plain, lazy = self.mounts
+        return (Target("native", native), Target("chaosfs", plain.mountpoint),
+                Target("chaosfs -lazy", lazy.mountpoint))  # fmt: skip
+
+    def status(self, pod: str) -> dict[str, Any]:
+        data = codec.encode({"op": "status"})
+        reply = asyncio.run(_request(self.url, pod_command(NAMESPACE, pod), data, 20))
+        if not reply.get("ok"):
+            raise RuntimeError(f"status refused: {reply.get('error')}")
+        return reply
+
+    def close(self) -> None:
+        for mount in self.mounts:
+            mount.close()
+        stop(self.nats)
+        if any(is_mounted(m.mountpoint) for m in self.mounts):
+            print(f"warning: a mount is still there; leaving {self.root}")
+            return
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --- running and reporting ---------------------------------------------------------
+
+
+def run(bench_targets: tuple[Target, ...], sizes: Sizes) -> dict[tuple[str, str], float]:
+    best: dict[tuple[str, str], float] = {}
+    for workload in WORKLOADS:
+        for _ in range(sizes.repeats):
+            for target in bench_targets:
+                value = workload.run(target, sizes)
+                key = (workload.key, target.name)
+                best[key] = max(best.get(key, 0.0), value)
+        for target in bench_targets:
+            (target.root / FILE).unlink(missing_ok=True)
+            fd = os.open(target.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)  # a durable unlink: lazy mode frees the file now
+            finally:
+                os.close(fd)
+    return best
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def ratio(value: float | None, base: float | None) -> str:
+    return f"{value / base:.2f}x" if value is not None and base else "-"
+
+
+def report(best: dict[tuple[str, str], float], sizes: Sizes, lazy_stats: dict[str, Any]) -> None:
+    header = ("workload", "unit", "native", "chaosfs", "vs native", "chaosfs -lazy",
+              "vs native", "lazy/passthrough")  # fmt: skip
+    rows = [header]
+    for w in WORKLOADS:
+        native = best.get((w.key, "native"))
+        plain = best.get((w.key, "chaosfs"))
+        lazy = best.get((w.key, "chaosfs -lazy"))
+        rows.append((w.label, w.unit, fmt(native), fmt(plain), ratio(plain, native), fmt(lazy),
+                     ratio(lazy, native), ratio(lazy, plain)))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for index, row in enumerate(rows):
+        cells = [c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(row)]
+        print(" | ".join(cells))
+        if index == 0:
+            print("-+-".join("-" * w for w in widths))
+    print(f"\nbest of {sizes.repeats}; higher is better; lazy/passthrough = chaosfs -lazy / "
+          "chaosfs (1.00x: lazy mode costs nothing)")  # fmt: skip
+    print(f"fsync-heavy: {sizes.fsyncs:,} x (pwrite 4 KiB at the end of the file, fdatasync).")
+    print(f"buffered: {sizes.buffered_mib} MiB in 1 MiB pwrites into an emptied file, then one "
+          "fsync; open to close.")  # fmt: skip
+    print("lazy mode's own counters: " + ", ".join(f"{k} {v:,}" for k, v in lazy_stats.items()))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round: a smoke run")
+    parser.add_argument("--repeats", type=int, help="rounds per workload (best is kept)")
+    parser.add_argument("--dir", default="/var/tmp", help="where native and -original live")
+    parser.add_argument("--placement", choices=PLACEMENTS, default="split",
+                        help="CPUs of the bench and chaosfs (as in fs_bench.py)")  # fmt: skip
+    parser.add_argument("--chaosfs", help="command that runs chaosfs")
+    return parser.parse_args(argv)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        print("lazy_bench: needs root and /dev/fuse (it mounts chaosfs)", file=sys.stderr)
+        return 2
+    sizes = QUICK if args.quick else FULL
+    if args.repeats:
+        sizes = Sizes(sizes.fsyncs, sizes.buffered_mib, args.repeats)
+    chaosfs = args.chaosfs.split() if args.chaosfs else [
+        str(BIN / "chaosfs") if (BIN / "chaosfs").exists() else "chaosfs"]  # fmt: skip
+    own_cpus, chaosfs_cpus = placement_cpus(args.placement)
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.perf_counter()
+    bench = Bench(Path(tempfile.mkdtemp(prefix="chaosfs-lazy-bench-", dir=args.dir)), chaosfs,
+                  chaosfs_cpus)  # fmt: skip
+    try:
+        targets = bench.start()
+        if own_cpus:
+            os.sched_setaffinity(0, own_cpus)
+        print(f"lazy bench: kernel {platform.release()}, {os.cpu_count()} CPUs, python "
+              f"{platform.python_version()}; placement {args.placement}; data under "
+              f"{bench.root}\n")  # fmt: skip
+        best = run(targets, sizes)
+        lazy_stats = bench.status("lazy")["lazy"]["stats"]
+    except KeyboardInterrupt:
+        print("lazy_bench: interrupted; mounts and processes cleaned up", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"lazy_bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        bench.close()
+    report(best, sizes, lazy_stats)
+    print(f"\ntotal {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
