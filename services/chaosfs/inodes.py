@@ -75,13 +75,21 @@ class InodeTable:
         # Bumped whenever a name moves, so cached path matches are recomputed.
         self.generation = 0
         self._next_synthetic = _SYNTHETIC_BASE
+        # Inode numbers whose node id the kernel holds as a dead directory (see renumber).
+        self._burnt: set[int] = set()
+        self._retired: list[Inode] = []
 
     def __getitem__(self, node_id: int) -> Inode:
         return self.by_id[node_id]
 
     def _node_id(self, st: os.stat_result) -> int:
         ino = st.st_ino
-        if st.st_dev == self.root_dev and 1 < ino < _SYNTHETIC_BASE and ino not in self.by_id:
+        if (
+            st.st_dev == self.root_dev
+            and 1 < ino < _SYNTHETIC_BASE
+            and ino not in self.by_id
+            and ino not in self._burnt
+        ):
             return ino
         self._next_synthetic += 1
         return self._next_synthetic
@@ -125,6 +133,18 @@ class InodeTable:
             inode.lookups -= count
             self.drop_if_unused(inode)
 
+    def renumber(self, inode: Inode) -> None:
+        """A removed directory came back (lazy mode's rollback) under a node id the
+        kernel has marked dead, and would keep refusing: forget it here, so that its
+        next lookup gives the kernel a fresh node id."""
+        self.by_id.pop(inode.id, None)
+        if self.by_key.get(inode.key) is inode:
+            del self.by_key[inode.key]
+        self._burnt.add(inode.key[1])
+        self.generation += 1
+        # Kept open: children may still name it as their parent until looked up again.
+        self._retired.append(inode)
+
     def moved(self, inode: Inode, parent: Inode, name: bytes) -> None:
         inode.parent = parent
         inode.name = name
@@ -157,7 +177,7 @@ class InodeTable:
         return f"{base}/{child}" if base else child
 
     def close_all(self) -> None:
-        for inode in self.by_id.values():
+        for inode in [*self.by_id.values(), *self._retired]:
             if inode.id != ROOT:
                 os.close(inode.fd)
         self.by_id = {ROOT: self.root}

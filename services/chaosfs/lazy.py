@@ -506,6 +506,7 @@ class LazyCache(Generic[K]):
 
 OpKind = Literal["create", "mkdir", "link", "unlink", "rmdir", "rename", "exchange"]
 UndoAction = Literal["unlink", "rmtree", "rename", "exchange", "restore"]
+EntryMatch = Callable[[K, bytes], bool]  # (directory, name) -> whether a path glob covers it
 
 
 @dataclass(slots=True, eq=False)
@@ -534,6 +535,13 @@ class DirOp(Generic[K]):
         if self.to_dir is None or self.to_dir == self.dir:
             return (self.dir,)
         return (self.dir, self.to_dir)
+
+    @property
+    def entries(self) -> tuple[tuple[K, bytes], ...]:
+        """The names this op changed, as (directory, name)."""
+        if self.to_dir is None or self.to_name is None:
+            return ((self.dir, self.name),)
+        return ((self.dir, self.name), (self.to_dir, self.to_name))
 
     @property
     def deps(self) -> tuple[K, ...]:
@@ -701,33 +709,46 @@ class MetaJournal(Generic[K]):
             durable.reverse()
         return durable
 
-    def _lost(self, match: Callable[[K], bool] | None) -> list[DirOp[K]]:
-        if match is None:
+    def _lost(
+        self, match: Callable[[K], bool] | None, entries: EntryMatch[K] | None = None
+    ) -> list[DirOp[K]]:
+        if match is None and entries is None:
             return list(self._ops)
-        # An op is lost if it changed a matching directory, or if an older lost op
-        # touched a directory it changed too: keeping it while undoing what it
-        # built on would leave a rollback that cannot apply.
+        # An op is lost if it changed a matching directory or entry, or if an older
+        # lost op touched a directory it changed too: keeping it while undoing what
+        # it built on would leave a rollback that cannot apply.
         tainted: set[K] = set()
         lost = []
         for op in self._ops:
             deps = op.dirs if op.child is None else (*op.dirs, op.child)  # mkdir's too
-            if not tainted.isdisjoint(deps) or any(match(d) for d in op.dirs):
+            if (
+                not tainted.isdisjoint(deps)
+                or (match is not None and any(match(d) for d in op.dirs))
+                or (entries is not None and any(entries(d, n) for d, n in op.entries))
+            ):
                 lost.append(op)
                 tainted.update(deps)
         return lost
 
-    def lost(self, match: Callable[[K], bool] | None = None) -> list[DirOp[K]]:
-        """The ops ``lose(match)`` would roll back, oldest first (for reports)."""
-        return self._lost(match)
+    def lost(
+        self, match: Callable[[K], bool] | None = None, entries: EntryMatch[K] | None = None
+    ) -> list[DirOp[K]]:
+        """The ops ``lose(match, entries)`` would roll back, oldest first (for reports)."""
+        return self._lost(match, entries)
 
     def undo_plan(self, match: Callable[[K], bool] | None = None) -> list[Undo[K]]:
         """The steps, newest op first, that roll back what a power cut would lose
         (``match``: only in matching directories, and what depends on them)."""
         return [step for op in reversed(self._lost(match)) for step in _inverse(op)]
 
-    def lose(self, match: Callable[[K], bool] | None = None) -> list[Undo[K]]:
-        """lose-unsynced --metadata: forget the lost ops; the caller runs the plan."""
-        lost = self._lost(match)
+    def lose(
+        self, match: Callable[[K], bool] | None = None, entries: EntryMatch[K] | None = None
+    ) -> list[Undo[K]]:
+        """lose-unsynced --metadata: forget the lost ops; the caller runs the plan.
+
+        ``match`` picks ops by the directories they changed, ``entries`` by the
+        names they made, removed or moved (directory, name); with neither, all."""
+        lost = self._lost(match, entries)
         plan = [step for op in reversed(lost) for step in _inverse(op)]
         gone = {op.seq for op in lost}
         self._ops = [op for op in self._ops if op.seq not in gone]

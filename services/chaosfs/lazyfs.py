@@ -24,6 +24,7 @@ import contextlib
 import errno
 import os
 import re
+import resource
 import shutil
 import stat
 from collections.abc import Callable, Sequence
@@ -43,6 +44,9 @@ from .passthrough import ChaosOperations, DirHandle, FileHandle
 # Beside the data, on the same file system (renames into it are atomic and
 # free), and never shown through the mount.
 TRASH = b".chaosfs-trash"
+# Dirty files held at once, each with a writable descriptor; an eighth of the
+# descriptor limit at most, the rest is the inode table's.
+MAX_WRITERS = 4096
 Key = tuple[int, int]  # (st_dev, st_ino): stable while the kernel forgets and relearns nodes
 # Invalidations for the kernel: (node id, 0, b"") drops an inode's cached pages and
 # attributes, (0, parent node id, name) a directory entry; see control._invalidate.
@@ -65,6 +69,8 @@ class LazyOperations(ChaosOperations):
         # A writable descriptor per dirty file: write-back goes through it, also
         # after every handle closed or the kernel forgot the node.
         self.writers: dict[Key, int] = {}
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.max_writers = min(MAX_WRITERS, max(16, soft // 8))
         self.paths: dict[Key, str] = {}  # where each dirty file was when first dirtied
         # Directories pending ops refer to: [descriptor, ops pinning it].
         self.dir_pins: dict[Key, list[int]] = {}
@@ -140,6 +146,10 @@ class LazyOperations(ChaosOperations):
 
     def _dirty(self, node: Inode) -> None:
         if node.key not in self.writers:
+            if len(self.writers) >= self.max_writers:
+                # Many small dirty files (an untar, no fsync) must not run the process
+                # out of descriptors: write back the oldest-dirtied, as write-back would.
+                self._write_back(next(iter(self.writers)), early=True)
             self.writers[node.key] = os.open(node.proc, os.O_WRONLY)
             self.paths[node.key] = self.table.path(node)
 
@@ -166,7 +176,7 @@ class LazyOperations(ChaosOperations):
     async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
         # O_TRUNC empties the file in the cache, not on disk: a power cut brings it back.
         info = await super().open(inode, flags & ~os.O_TRUNC, ctx)
-        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
+        if flags & os.O_TRUNC:  # even O_RDONLY: Linux truncates, the kernel checked the right
             try:
                 self._truncate(self.table[inode], None, 0)
             except OSError as exc:
@@ -197,22 +207,43 @@ class LazyOperations(ChaosOperations):
         await super().forget(inode_list)
         for key in keys:
             fd = self.writers.get(key)
-            if fd is None or key in self.table.by_key:
-                continue
-            # No name left and the kernel forgot it: nobody can read or sync it again.
-            with contextlib.suppress(OSError):
-                if os.fstat(fd).st_nlink == 0:
-                    self.cache.forget(key)
-                    self._clean(key)
+            if fd is not None and key not in self.table.by_key:
+                self._drop_if_gone(key)
+
+    def _drop_if_gone(self, key: Key) -> None:
+        """A dirty file with no name left that the kernel forgot: nobody can read or
+        sync it again, so its data is no loss, and holds memory and a descriptor."""
+        fd = self.writers.get(key)
+        if fd is None or key in self.table.by_key:
+            return
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_nlink == 0:
+                self.cache.forget(key)
+                self._clean(key)
 
     # --- directory entries ------------------------------------------------------------
+    #
+    # Each op pins the directories a rollback would work in before it changes
+    # anything. Where that or parking is impossible (no descriptor left, the
+    # entry on another file system: EXDEV), the op happens for real and is not
+    # journaled: early durability is always allowed.
 
-    def _pin(self, node: Inode) -> None:
-        pin = self.dir_pins.get(node.key)
-        if pin is None:
-            self.dir_pins[node.key] = [os.dup(node.fd), 1]
-        else:
-            pin[1] += 1
+    def _pin_all(self, *dirs: Inode) -> bool:
+        pinned: list[Key] = []
+        try:
+            for node in {node.key: node for node in dirs}.values():
+                pin = self.dir_pins.get(node.key)
+                if pin is None:
+                    self.dir_pins[node.key] = [os.dup(node.fd), 1]
+                else:
+                    pin[1] += 1
+                pinned.append(node.key)
+        except OSError as exc:
+            for key in pinned:
+                self._unpin(key)
+            self.log.warning("journal_skipped", reason="cannot pin a directory", error=str(exc))
+            return False
+        return True
 
     def _unpin(self, key: Key) -> None:
         pin = self.dir_pins.get(key)
@@ -223,37 +254,60 @@ class LazyOperations(ChaosOperations):
             del self.dir_pins[key]
             os.close(pin[0])
 
-    def _record(self, durable: list[DirOp[Key]], *dirs: Inode) -> None:
-        for node in dirs:
-            self._pin(node)
-        self._retire(durable)
+    def _unpin_all(self, *dirs: Inode) -> None:
+        for key in {node.key for node in dirs}:
+            self._unpin(key)
 
     def _retire(self, durable: list[DirOp[Key]]) -> None:
         """Ops made durable: their removals happen for good, their directories are free."""
         for op in durable:
             if op.trash is not None:
+                key = self.parked_as.get(op.trash)
                 self._unpark(op.trash)
                 try:
                     self._delete(self.trash_fd, op.trash)
                 except OSError as exc:
                     self.log.warning("trash_delete_failed", entry=op.trash, error=str(exc))
+                if key is not None:
+                    self._drop_if_gone(key)
             for key in op.dirs:
                 self._unpin(key)
 
     def _made(self, parent: Inode, name: bytes, node: Inode) -> None:
+        if not self._pin_all(parent):
+            return
         if node.is_dir:
-            self._record(self.journal.mkdir(parent.key, name, child=node.key), parent)
+            self._retire(self.journal.mkdir(parent.key, name, child=node.key))
         else:
-            self._record(self.journal.create(parent.key, name), parent)
+            self._retire(self.journal.create(parent.key, name))
+
+    def _park_or_remove(self, parent: Inode, name: bytes, key: Key | None) -> bytes | None:
+        """Park ``parent/name`` in the trash; None if it had to be removed for real."""
+        try:
+            return self._park(parent.fd, name, key)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EMFILE, errno.ENFILE, errno.ENOSPC):
+                raise
+        self._unpin_all(parent)
+        self.log.warning(
+            "journal_skipped", reason="cannot park", path=self._entry_path(parent, name)
+        )
+        return None
 
     def _unlink(self, parent: Inode, name: bytes) -> None:
         st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "is a directory")
-        trash = self._park(parent.fd, name, (st.st_dev, st.st_ino))
-        self._record(self.journal.unlink(parent.key, name, trash), parent)
+        self._refuse_trash(parent, name)
+        if not self._pin_all(parent):
+            return super()._unlink(parent, name)
+        trash = self._park_or_remove(parent, name, (st.st_dev, st.st_ino))
+        if trash is None:
+            return super()._unlink(parent, name)
+        self._retire(self.journal.unlink(parent.key, name, trash))
 
     def _rmdir(self, parent: Inode, name: bytes) -> None:
+        self._refuse_trash(parent, name)
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent.fd)
         try:
             if os.listdir(fd):
@@ -261,32 +315,72 @@ class LazyOperations(ChaosOperations):
             st = os.fstat(fd)
         finally:
             os.close(fd)
-        trash = self._park(parent.fd, name, None)
+        if not self._pin_all(parent):
+            return super()._rmdir(parent, name)
+        trash = self._park_or_remove(parent, name, None)
+        if trash is None:
+            return super()._rmdir(parent, name)
         child = (st.st_dev, st.st_ino)
-        self._record(self.journal.rmdir(parent.key, name, trash, child), parent)
+        self._retire(self.journal.rmdir(parent.key, name, trash, child))
+
+    def _refuse_trash(self, parent: Inode, name: bytes) -> None:
+        if parent.id == ROOT and name == TRASH:
+            raise PermissionError(errno.EPERM, "reserved for lazy mode")
+
+    def _entry_path(self, parent: Inode, name: bytes) -> str:
+        return self.table.child_path(parent, name)
 
     def _rename(
         self, old_parent: Inode, old: bytes, new_parent: Inode, new: bytes, flags: int
     ) -> None:
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            super()._rename(old_parent, old, new_parent, new, flags)
-            op = self.journal.rename(old_parent.key, old, new_parent.key, new, exchange=True)
-            self._record(op, old_parent, new_parent)
-            return
+        self._refuse_trash(old_parent, old)
+        self._refuse_trash(new_parent, new)
+        source = os.stat(old, dir_fd=old_parent.fd, follow_symlinks=False)
+        moved = (source.st_dev, source.st_ino)
         try:
             target = os.stat(new, dir_fd=new_parent.fd, follow_symlinks=False)
         except FileNotFoundError:
             target = None
-        source = os.stat(old, dir_fd=old_parent.fd, follow_symlinks=False)
-        if target is None or flags & pyfuse3.RENAME_NOREPLACE or _same(source, target):
+        if not self._pin_all(old_parent, new_parent):
             super()._rename(old_parent, old, new_parent, new, flags)
-            if target is None:
-                op = self.journal.rename(old_parent.key, old, new_parent.key, new)
-                self._record(op, old_parent, new_parent)
-            return
-        # Replacing a target: swap, then park the old target, so the name never
-        # goes missing and a power cut can bring it back. rename(2)'s own checks
-        # first, since an exchange would not make them.
+        elif flags & pyfuse3.RENAME_EXCHANGE or target is None or flags & pyfuse3.RENAME_NOREPLACE:
+            try:
+                super()._rename(old_parent, old, new_parent, new, flags)
+            except OSError:
+                self._unpin_all(old_parent, new_parent)
+                raise
+            exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
+            op = self.journal.rename(old_parent.key, old, new_parent.key, new, exchange=exchange)
+            self._retire(op)
+        elif _same(source, target):
+            self._unpin_all(old_parent, new_parent)  # rename(2) does nothing then
+            super()._rename(old_parent, old, new_parent, new, flags)
+        else:
+            try:
+                self._replace(old_parent, old, new_parent, new, source, target)
+            except OSError:
+                self._unpin_all(old_parent, new_parent)
+                raise
+        # Reports name a dirty file by where it is, also once the kernel forgot it.
+        if moved in self.paths:
+            self.paths[moved] = self._entry_path(new_parent, new)
+        if target is not None and flags & pyfuse3.RENAME_EXCHANGE:
+            swapped = (target.st_dev, target.st_ino)
+            if swapped in self.paths:
+                self.paths[swapped] = self._entry_path(old_parent, old)
+
+    def _replace(
+        self,
+        old_parent: Inode,
+        old: bytes,
+        new_parent: Inode,
+        new: bytes,
+        source: os.stat_result,
+        target: os.stat_result,
+    ) -> None:
+        """A rename over a target: swap, then park the old target, so the name never
+        goes missing and a power cut can bring it back."""
+        # rename(2)'s own checks first: an exchange would not make them.
         source_dir = stat.S_ISDIR(source.st_mode)
         target_dir = stat.S_ISDIR(target.st_mode)
         if source_dir and not target_dir:
@@ -302,7 +396,15 @@ class LazyOperations(ChaosOperations):
                 os.close(fd)
         sysio.renameat2(old_parent.fd, old, new_parent.fd, new, pyfuse3.RENAME_EXCHANGE)
         replaced = (target.st_dev, target.st_ino)
-        trash = self._park(old_parent.fd, old, None if target_dir else replaced)
+        try:
+            trash = self._park(old_parent.fd, old, None if target_dir else replaced)
+        except OSError as exc:
+            # Swap back and replace for real, unjournaled; or fail with nothing changed.
+            sysio.renameat2(old_parent.fd, old, new_parent.fd, new, pyfuse3.RENAME_EXCHANGE)
+            self.log.warning("journal_skipped", reason="cannot park", error=str(exc))
+            os.rename(old, new, src_dir_fd=old_parent.fd, dst_dir_fd=new_parent.fd)
+            self._unpin_all(old_parent, new_parent)
+            return
         op = self.journal.rename(
             old_parent.key,
             old,
@@ -311,7 +413,7 @@ class LazyOperations(ChaosOperations):
             trash=trash,
             child=replaced if target_dir else None,
         )
-        self._record(op, old_parent, new_parent)
+        self._retire(op)
 
     def _sync_dir(self, handle: DirHandle) -> None:
         self._retire(self.journal.fsyncdir(handle.inode.key))
@@ -354,14 +456,21 @@ class LazyOperations(ChaosOperations):
             "stats": {name: getattr(stats, name) for name in stats.__slots__},
         }
 
+    def _entries(self, regex: re.Pattern[str]) -> Callable[[Key, bytes], bool]:
+        return lambda key, name: bool(regex.match(self._dir_path(key, name)))
+
+    def _by_path(self, sizes: dict[Key, int]) -> dict[str, int]:
+        """Per path; two inodes can share one (an open file replaced by a rename)."""
+        out: dict[str, int] = {}
+        for key, n in sizes.items():
+            path = self._path(key)
+            out[path] = out.get(path, 0) + n
+        return out
+
     def unsynced(self, regex: re.Pattern[str]) -> dict[str, Any]:
         match = self._matcher(regex)
-        files = {
-            self._path(key): n
-            for key, n in self.cache.report().items()
-            if match(key)  # type: ignore[arg-type]
-        }
-        ops = self.journal.lost(match)
+        files = self._by_path({k: n for k, n in self.cache.report().items() if match(k)})  # type: ignore[arg-type]
+        ops = self.journal.lost(entries=self._entries(regex))
         return {
             "files": files,
             "bytes": sum(files.values()),
@@ -375,28 +484,31 @@ class LazyOperations(ChaosOperations):
         match = self._matcher(regex)
         names = {key: self._path(key) for key in self.writers}
         lost = self.cache.lose(match)
+        files: dict[str, int] = {}
         targets: list[Invalidation] = []
-        for key in lost:
+        for key, n in lost.items():
+            path = names.get(key) or self._path(key)
+            files[path] = files.get(path, 0) + n
             self._clean(key)
             node = self.table.by_key.get(key)
             if node is not None:
                 targets.append((node.id, 0, b""))
-        ops: list[DirOp[Key]] = []
+        described: list[dict[str, Any]] = []
         failures: list[str] = []
         if metadata:
-            ops = self.journal.lost(match)
+            entries = self._entries(regex)
+            ops = self.journal.lost(entries=entries)
             described = [self._describe(op) for op in ops]
-            plan = self.journal.lose(match)
-            targets += self._undo(plan, failures)
+            targets += self._undo(self.journal.lose(entries=entries), failures)
             for op in ops:
                 for key in op.dirs:
                     self._unpin(key)
             self.table.generation += 1
-        else:
-            described = []
-        report = {
-            "files": {names.get(key, self._path(key)): n for key, n in lost.items()},
-            "bytes": sum(lost.values()),
+            for key in list(self.writers):  # files whose creation was undone
+                self._drop_if_gone(key)
+        report: dict[str, Any] = {
+            "files": files,
+            "bytes": sum(files.values()),
             "dir_ops": described,
         }
         if failures:
@@ -420,6 +532,7 @@ class LazyOperations(ChaosOperations):
                     assert step.trash is not None
                     os.rename(step.trash, step.name, src_dir_fd=self.trash_fd, dst_dir_fd=where)
                     self._unpark(step.trash)
+                    self._revive(where, step.name)
                 else:
                     assert step.to_dir is not None and step.to_name is not None
                     there = self.dir_pins[step.to_dir][0]
@@ -443,6 +556,13 @@ class LazyOperations(ChaosOperations):
                 failures.append(f"delete rolled-back directory: {exc}")
         return targets
 
+    def _revive(self, dir_fd: int, name: bytes) -> None:
+        """A removed directory is back: the kernel holds its old node id as dead."""
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        node = self.table.by_key.get((st.st_dev, st.st_ino))
+        if node is not None and stat.S_ISDIR(st.st_mode):
+            self.table.renumber(node)
+
     def tear(
         self,
         regex: re.Pattern[str],
@@ -462,20 +582,29 @@ class LazyOperations(ChaosOperations):
         )
         files: dict[str, dict[str, int]] = {}
         targets: list[Invalidation] = []
+        failures: list[str] = []
         for key, plan in plans.items():
             fd = self.writers[key]
             path = self._path(key)
-            self.cache.apply_tear(key, plan, partial(os.pwrite, fd), partial(os.ftruncate, fd))
-            self._clean(key)
-            files[path] = {"kept": plan.kept, "lost": plan.lost}
             node = self.table.by_key.get(key)
             if node is not None:
                 targets.append((node.id, 0, b""))
-        report = {
+            try:
+                self.cache.apply_tear(key, plan, partial(os.pwrite, fd), partial(os.ftruncate, fd))
+            except OSError as exc:  # the file keeps its unsynced data: nothing was torn
+                failures.append(f"{path}: {exc}")
+                continue
+            self._clean(key)
+            mine = files.setdefault(path, {"kept": 0, "lost": 0})
+            mine["kept"] += plan.kept
+            mine["lost"] += plan.lost
+        report: dict[str, Any] = {
             "files": files,
             "kept": sum(f["kept"] for f in files.values()),
             "lost": sum(f["lost"] for f in files.values()),
         }
+        if failures:
+            report["failures"] = failures
         return report, targets
 
     def make_all_durable(self) -> None:
