@@ -42,7 +42,7 @@ from .passthrough import ChaosOperations
 # Test hook: hold every command handler this many seconds, blocking the bus loop,
 # to prove that file I/O does not notice.
 HANDLER_DELAY_ENV = "CHAOSFS_TEST_HANDLER_DELAY"
-EXPIRY_INTERVAL = 0.1
+IDLE_RECHECK = 60.0  # the longest the expiry and event loops sleep with nothing to do
 INJECTION_FLUSH_INTERVAL = 0.25
 LAZY_OFF = "lazy mode is off: start chaosfs with -lazy"
 INJECTION_BATCH = 50  # per flush: at most 200 events a second leave a sidecar
@@ -70,6 +70,11 @@ class BusControl:
         self._nc: Client | None = None
         self._registry: Any = None
         self._resync = asyncio.Event()  # set on reconnect: re-read desired state
+        # Set whenever the rule set changes: the expiry and event loops sleep until
+        # the next expiry or until there are rules, not on a short timer (a thousand
+        # idle agents on one machine must cost next to nothing).
+        self._rules_moved = asyncio.Event()
+        self._events_wake = asyncio.Event()
         self.audit: AuditLog | None = None
         self._last_error = ""
         self._last_error_at = 0.0
@@ -83,11 +88,15 @@ class BusControl:
 
     def request_stop(self) -> None:
         if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stopping.set)
+            # The loop may be closing already (it never reached the bus): then it is
+            # on its way out anyway.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stopping.set)
 
     def stop(self, timeout: float = 3.0) -> None:
         self.request_stop()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -113,8 +122,11 @@ class BusControl:
             self._nc = nc
             # Before the first audit event and registry write; bounded, as a server
             # without JetStream must not keep the sidecar off the bus.
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._prepare_jetstream(nc), 3.0)
+            except TimeoutError:
+                # Registration is retried with every heartbeat (see _register).
+                self.log.warning("jetstream_slow", step="audit stream and registry", after=3.0)
             self.audit.start(nc)
             desired = DesiredState(
                 self.config.namespace,
@@ -146,6 +158,8 @@ class BusControl:
         finally:
             for chore in chores:
                 chore.cancel()
+            # Awaited, so that none is left pending when the loop closes.
+            await asyncio.gather(*chores, return_exceptions=True)
 
     async def _prepare_jetstream(self, nc: Client) -> None:
         """The audit stream and the registry bucket; a locked-down sidecar may only use them.
@@ -167,8 +181,18 @@ class BusControl:
             self.log.warning("registry_unavailable", error=str(exc))
 
     async def _register(self, gone: bool = False) -> None:
+        if self._nc is None or not self._nc.is_connected:
+            return
+        if self._registry is None and not gone:
+            # Not opened at start (a busy or restarting server): try again now, so a
+            # sidecar that started under load still shows up, and broadcasts wait for it.
+            try:
+                self._registry = await asyncio.wait_for(open_bucket(self._nc, registry.BUCKET), 2.0)
+            except Exception as exc:
+                self.log.warning("registry_unavailable", error=str(exc) or type(exc).__name__)
+                return
         kv = self._registry
-        if kv is None or self._nc is None or not self._nc.is_connected:
+        if kv is None:
             return
         key = registry.key(self.config.namespace, self.config.pod)
         try:
@@ -197,6 +221,7 @@ class BusControl:
         changed, removed = self.engine.converge(wanted)
         if not changed and not removed:
             return
+        self._rules_changed()
         await self._drop_caches(changed + removed)
         self.log.info(
             "rules_converged", set=[r.id for r in changed], removed=[r.id for r in removed]
@@ -209,9 +234,18 @@ class BusControl:
         if self.audit is not None:
             self.audit.record(kind, pod=self.config.pod_ref, **fields)
 
+    def _rules_changed(self) -> None:
+        self._rules_moved.set()
+        self._events_wake.set()
+
     async def _expire_rules(self) -> None:
         while True:
-            await asyncio.sleep(EXPIRY_INTERVAL)
+            self._rules_moved.clear()
+            expiries = [r.expires_at for r in self.engine.rules.rules if r.expires_at is not None]
+            wait = min(expiries) - time.time() if expiries else IDLE_RECHECK
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._rules_moved.wait(), min(wait, IDLE_RECHECK))
             gone = self.engine.expire(time.time())
             if gone:
                 try:
@@ -226,6 +260,11 @@ class BusControl:
         """Forward sampled injection events; never read on the I/O path."""
         subject = pod_event("inject", self.config.namespace, self.config.pod)
         while True:
+            if not self.engine.rules.rules and not self.engine.events:
+                # No rule, so no event can come: sleep until rules arrive.
+                self._events_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._events_wake.wait(), IDLE_RECHECK)
             await asyncio.sleep(INJECTION_FLUSH_INTERVAL)
             batch = self.engine.drain_events(limit=INJECTION_BATCH)
             nc = self._nc
@@ -396,6 +435,7 @@ class BusControl:
         if op == "set":
             rules = protocol.parse_rules(command)
             changed = engine.set_rules(rules)
+            self._rules_changed()
             await self._drop_caches(changed)
             log.info("rules_set", rules=[r.id for r in rules], actor=actor)
             self._audit("rule.set", actor=actor, fleet=fleet, rules=[r.to_wire() for r in rules])
@@ -410,6 +450,7 @@ class BusControl:
                     raise protocol.CommandError(f"no rule with id {value!r}")
             else:
                 gone = engine.recover_method(value or "")
+            self._rules_changed()
             await self._drop_caches(gone)
             log.info("rules_recovered", how=how, value=value, rules=[r.id for r in gone])
             self._audit(
