@@ -20,6 +20,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("rules_bench.py", "worst cost ratio to no rules"),
         ("admission_bench.py", "p99"),
         ("lazy_bench.py", "lazy/passthrough"),
+        ("bus_bench.py", "sequential / broadcast"),
     ],
 )
 def test_bench_quick_mode_runs(script, expect):

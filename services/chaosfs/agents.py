@@ -12,11 +12,13 @@ Usage: chaosfs-agents --nats URL --count N [--namespace NS] [--labels k=v,...]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 
 from chaosbus.bus import BusAuth, default_url
@@ -26,6 +28,9 @@ from .cli import Config, env_labels
 from .control import BusControl
 from .faults import FaultEngine
 from .inodes import InodeTable
+
+BUS_THREAD = "chaosfs-bus"  # the name BusControl gives its thread
+STOP_TIMEOUT = 10.0  # seconds for every agent to say goodbye and close
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,9 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     for agent in agents:
-        agent.request_stop()  # all at once: each says "gone" on its own thread
-    for agent in agents:
-        agent.stop(timeout=2.0)
+        # All at once: each says "gone" on its own thread. One whose loop has already
+        # closed (it never reached the bus) refuses the request: it is on its way out.
+        with contextlib.suppress(RuntimeError):
+            agent.request_stop()
+    # Then wait for every agent's thread to end. They are daemons, and one still
+    # running at interpreter exit can be frozen holding the logging lock, which the
+    # exit's garbage collection (pending tasks log as they are destroyed) then needs.
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for thread in threading.enumerate():
+        if thread.name == BUS_THREAD:
+            thread.join(max(0.0, deadline - time.monotonic()))
     os.rmdir(empty)
     return 0
 
