@@ -1,12 +1,39 @@
-"""How much chaosfs costs an application: the same workloads natively and through the mount.
+"""How much chaosfs costs an application, and how it compares with libfuse's C passthrough_ll.
 
-Each workload runs on three targets, interleaved round by round so that drift in
-the machine hits all three alike:
+Each workload runs on four targets, interleaved round by round so that drift in
+the machine hits all of them alike:
 
 * native: a plain directory on the backing file system (the baseline);
 * chaosfs: the same file system seen through a chaosfs mount with no rules;
 * chaosfs+100 rules: that mount after 100 rules that match no file were set
-  (every method, path globs ``nomatch-N/**``).
+  (every method, path globs ``nomatch-N/**``);
+* passthrough_ll: libfuse's C example passthrough_ll (low-level API,
+  multi-threaded) over another directory of the same file system.
+
+The issue's goal is for chaosfs to be at or above passthrough_ll on every
+workload. Its ratios to native were measured on another machine; here every FUSE
+request costs tens of microseconds whoever serves it, so the bench builds
+passthrough_ll from the source Debian's libfuse3-dev ships
+(/usr/share/doc/libfuse3-dev/examples, gzipped or not) with
+``gcc -O2 -Wall passthrough_ll.c $(pkg-config fuse3 --cflags --libs)`` and
+measures it in the same run: "chaosfs / passthrough_ll" >= 1.00x is the headline.
+When the source, gcc or pkg-config is missing, or the build or the mount fails,
+the bench says why and goes on without that column.
+
+passthrough_ll runs in the foreground (``-f``, its default multi-threaded loop),
+pinned to chaosfs's CPU, with ``-o source=DIR,cache=always,timeout=5,allow_other,
+default_permissions``. That is chaosfs's caching, as near as the example's
+options allow: the same 5 s entry and attribute timeouts (chaosfs's default
+-cache-timeout 5s; the example's default is 1 s) and keep_cache on every open,
+which chaosfs sets on every handle that may read, both being the only writer
+of their directory (``cache=auto``, the example's default, drops a file's
+cached pages at each open instead). No writeback cache (neither has it), no
+xattr (the example's default: the kernel then stops asking for
+security.capability before cached writes, which chaosfs avoids with direct_io
+on write-only handles). The example's ``cache=always`` also caches directory
+listings, which no workload here reads. Read-ahead is left as each daemon sets
+it: chaosfs raises its mount's to 1 MiB in sysfs, passthrough_ll keeps the
+kernel's 128 KiB (both are printed at the start).
 
 Every figure is the best of ``--repeats`` rounds, measured with
 ``time.perf_counter`` and printed beside the native figure of the same run.
@@ -14,13 +41,15 @@ The backing files are in the page cache throughout (the bench measures chaosfs,
 not the disk); what the page cache of the FUSE mount holds is said per workload.
 
 A FUSE request costs about three times more when the daemon runs on another CPU
-than the caller, so by default the bench pins itself and chaosfs to different
-CPUs (``--placement split``), as an app and its sidecar usually are; ``free``
-leaves it to the scheduler, and each round may then land either way. A round
-during which other processes took more than BUSY_PERCENT of a CPU is run again.
+than the caller, so by default the bench pins itself to one CPU and chaosfs and
+passthrough_ll to another (``--placement split``), as an app and its sidecar
+usually are; ``free`` leaves it to the scheduler, and each round may then land
+either way. A round during which other processes (anything but the bench,
+chaosfs, passthrough_ll and nats-server) took more than BUSY_PERCENT of a CPU
+is run again.
 
 Usage: ``python bench/fs_bench.py [--quick] [--repeats N] [--only W,...]
-[--placement split|same|free] [--dir DIR] [--chaosfs CMD]``.
+[--placement split|same|free] [--dir DIR] [--chaosfs CMD] [--no-passthrough-ll]``.
 Needs root and /dev/fuse, like the tests. Benchmarks are not tests: the exit
 status says whether the bench ran, not whether the goals were met.
 """
@@ -30,6 +59,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gzip
 import os
 import platform
 import random
@@ -58,6 +88,14 @@ SEED = 20240601
 SEQ_FILE = "seq.bin"
 RAND_FILE = "rand.bin"
 BIN = Path(sys.executable).parent
+
+NATIVE, CHAOSFS, RULED, LL = "native", "chaosfs", "chaosfs+rules", "passthrough_ll"
+LL_EXAMPLES = Path("/usr/share/doc/libfuse3-dev/examples")
+LL_TIMEOUT = 5  # seconds of entry and attribute caching: chaosfs's default -cache-timeout
+LL_OPTIONS = (f"cache=always,timeout={LL_TIMEOUT},allow_other,default_permissions,"
+              "fsname=passthrough_ll,subtype=passthrough_ll")  # fmt: skip
+# passthrough_ll's ratios to native that the issue quotes, from another machine
+LL_ISSUE = {"write": 0.27, "read": 0.53, "rand": 0.05, "meta": 0.40}
 
 
 # --- configuration ---------------------------------------------------------------
@@ -330,6 +368,64 @@ def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
         proc.wait()
 
 
+def unmount(path: Path) -> None:
+    if is_mounted(path):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+# --- libfuse's passthrough_ll ------------------------------------------------------
+
+
+def example_sources() -> list[Path]:
+    """The directories that may hold libfuse's examples, most likely first."""
+    found = [LL_EXAMPLES, *sorted(Path("/usr/share/doc").glob("libfuse*-dev/examples"))]
+    return [d for i, d in enumerate(found) if d not in found[:i] and d.is_dir()]
+
+
+def copy_example(source: Path, dest: Path) -> None:
+    """Copy a .c or .h file of the examples, decompressing it if Debian gzipped it."""
+    if source.name.endswith(".gz"):
+        with gzip.open(source, "rb") as f:
+            (dest / source.name[: -len(".gz")]).write_bytes(f.read())
+    else:
+        shutil.copyfile(source, dest / source.name)
+
+
+def build_passthrough_ll(workdir: Path) -> tuple[Path | None, str]:
+    """Compile libfuse's example passthrough_ll: (the binary, "") or (None, why not)."""
+    names = ("passthrough_ll.c", "passthrough_ll.c.gz")
+    found = [d for d in example_sources() if any((d / name).exists() for name in names)]
+    examples = found[0] if found else None
+    if examples is None:
+        return None, (f"no passthrough_ll.c(.gz) under {LL_EXAMPLES} (it ships with Debian's "
+                      "libfuse3-dev: make setup installs it)")  # fmt: skip
+    build = workdir / "passthrough_ll-build"
+    try:
+        build.mkdir()
+        for item in examples.iterdir():  # the .c and the headers it includes
+            if item.name.endswith((".h", ".h.gz", "passthrough_ll.c", "passthrough_ll.c.gz")):
+                copy_example(item, build)
+        pkg = ["pkg-config", "fuse3", "--cflags", "--libs"]
+        run = {"check": True, "capture_output": True, "text": True}
+        flags = subprocess.run(pkg, timeout=60, **run).stdout.split()
+        cmd = ["gcc", "-O2", "-Wall", "passthrough_ll.c", *flags, "-o", "passthrough_ll"]
+        subprocess.run(cmd, cwd=build, timeout=300, **run)
+    except FileNotFoundError as exc:
+        return None, f"cannot build passthrough_ll: {exc.filename or exc} not found"
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr or exc.stdout or "").strip().splitlines()[-3:]
+        return None, (f"{shlex.join(exc.cmd)} failed with {exc.returncode}"
+                      + "".join(f"\n    {line}" for line in detail))  # fmt: skip
+    except (subprocess.TimeoutExpired, OSError) as exc:
+        return None, f"cannot build passthrough_ll: {exc}"
+    return build / "passthrough_ll", ""
+
+
+def fuse_opt_escape(value: str) -> str:
+    """A value inside ``-o a=b,c=d``: libfuse splits on commas unless escaped."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
 @dataclass
 class Bench:
     root: Path
@@ -339,6 +435,10 @@ class Bench:
     nats_port: int = field(default_factory=free_port)
     nats: subprocess.Popen[bytes] | None = None
     chaosfs: subprocess.Popen[bytes] | None = None
+    want_ll: bool = True
+    ll: subprocess.Popen[bytes] | None = None  # libfuse's passthrough_ll, if it runs
+    ll_cmd: list[str] = field(default_factory=list)
+    ll_note: str = ""  # why passthrough_ll is not measured
 
     @property
     def nats_url(self) -> str:
@@ -356,9 +456,21 @@ class Bench:
     def native(self) -> Path:
         return self.root / "native"
 
+    @property
+    def ll_original(self) -> Path:
+        return self.root / "original-ll"
+
+    @property
+    def ll_mountpoint(self) -> Path:
+        return self.root / "mnt-ll"
+
     def start(self) -> None:
         for directory in (self.native, self.original, self.mountpoint):
             directory.mkdir()
+        if self.want_ll:
+            self.start_ll()
+        else:
+            self.ll_note = "left out (--no-passthrough-ll)"
         server = str(BIN / "nats-server") if (BIN / "nats-server").exists() else "nats-server"
         cmd = [server, "-a", "127.0.0.1", "-p", str(self.nats_port)]
         self.nats = spawn(cmd, self.root / "nats.log")
@@ -376,13 +488,42 @@ class Bench:
             log = (self.root / "chaosfs.log").read_text(errors="replace")
             raise RuntimeError(f"chaosfs exited with {self.chaosfs.returncode}:\n{log}")
 
+    def start_ll(self) -> None:
+        """Build and mount passthrough_ll; on any failure, note why and go on without it."""
+        binary, self.ll_note = build_passthrough_ll(self.root)
+        if binary is None:
+            return
+        for directory in (self.ll_original, self.ll_mountpoint):
+            directory.mkdir()
+        source = fuse_opt_escape(str(self.ll_original))
+        self.ll_cmd = [str(binary), "-f", "-o", f"source={source},{LL_OPTIONS}",
+                       str(self.ll_mountpoint)]  # fmt: skip
+        log = self.root / "passthrough_ll.log"
+        try:
+            self.ll = spawn(self.ll_cmd, log, self.chaosfs_cpus)
+            wait_for(lambda: is_mounted(self.ll_mountpoint) or self.ll.poll() is not None, 10,
+                     "passthrough_ll to mount")  # fmt: skip
+            if self.ll.poll() is not None:
+                raise RuntimeError(f"exited with {self.ll.returncode}")
+            os.stat(self.ll_mountpoint)  # it answers
+        except (RuntimeError, OSError) as exc:
+            text = log.read_text(errors="replace").strip() if log.exists() else ""
+            self.ll_note = f"passthrough_ll did not start: {exc}" + (f"\n{text}" if text else "")
+            self.stop_ll()
+
+    def stop_ll(self) -> None:
+        stop(self.ll, timeout=5.0)  # SIGTERM: libfuse's handler unmounts
+        unmount(self.ll_mountpoint)
+        self.ll = None
+
     def close(self) -> None:
+        self.stop_ll()
         stop(self.chaosfs)
-        if is_mounted(self.mountpoint):
-            subprocess.run(["umount", "-l", str(self.mountpoint)], check=False)
+        unmount(self.mountpoint)
         stop(self.nats)
-        if is_mounted(self.mountpoint):
-            print(f"warning: {self.mountpoint} is still mounted; leaving {self.root}")
+        left = [str(m) for m in (self.mountpoint, self.ll_mountpoint) if is_mounted(m)]
+        if left:
+            print(f"warning: {', '.join(left)} still mounted; leaving {self.root}")
             return
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -408,10 +549,10 @@ class Bench:
         self.rules_on = on
 
     def pids(self) -> list[int]:
-        return [p.pid for p in (self.chaosfs, self.nats) if p is not None]
+        return [p.pid for p in (self.chaosfs, self.nats, self.ll) if p is not None]
 
-    def read_ahead_kb(self) -> str:
-        dev = os.stat(self.mountpoint).st_dev
+    def read_ahead_kb(self, mountpoint: Path | None = None) -> str:
+        dev = os.stat(mountpoint or self.mountpoint).st_dev
         path = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
         with contextlib.suppress(OSError):
             return path.read_text().strip()
@@ -499,15 +640,19 @@ def placement_cpus(placement: str) -> tuple[set[int] | None, set[int] | None]:
 # --- running and reporting -----------------------------------------------------------
 
 
-def prepare(bench: Bench, sizes: Sizes) -> tuple[Target, Target, Target]:
-    native = Target("native", bench.native, fuse=False)
-    plain = Target("chaosfs", bench.mountpoint, fuse=True)
-    ruled = Target("chaosfs+rules", bench.mountpoint, fuse=True)
-    for directory in (bench.native, bench.original):
+def prepare(bench: Bench, sizes: Sizes) -> tuple[Target, ...]:
+    targets = [Target(NATIVE, bench.native, fuse=False),
+               Target(CHAOSFS, bench.mountpoint, fuse=True),
+               Target(RULED, bench.mountpoint, fuse=True)]  # fmt: skip
+    backing = [bench.native, bench.original]
+    if bench.ll is not None:
+        targets.append(Target(LL, bench.ll_mountpoint, fuse=True))
+        backing.append(bench.ll_original)
+    for directory in backing:
         make_file(directory / RAND_FILE, sizes.rand_file_mib)
         make_file(directory / SEQ_FILE, sizes.write_mib)  # for --only read without write
     os.sync()
-    return native, plain, ruled
+    return tuple(targets)
 
 
 def run_round(bench: Bench, workload: Workload, targets: tuple[Target, ...],
@@ -517,7 +662,8 @@ def run_round(bench: Bench, workload: Workload, targets: tuple[Target, ...],
     meter.start()
     figures = {}
     for target in targets:
-        bench.set_rules(target.name == "chaosfs+rules")
+        if target.name in (CHAOSFS, RULED):  # passthrough_ll runs whatever chaosfs holds
+            bench.set_rules(target.name == RULED)
         figures[target.name] = workload.run(target, sizes)
     return figures, meter.other_percent()
 
@@ -559,27 +705,64 @@ def cost_cell(plain: float | None, ruled: float | None) -> str:
     return f"{cost:+.1f}% {'ok' if cost <= RULES_COST_GOAL else 'HIGH'}"
 
 
-def report(results: Results, workloads: list[Workload], sizes: Sizes) -> None:
+LL_GOAL = 1.0  # chaosfs / passthrough_ll: the issue's goal, at or above it
+
+
+def headline(results: Results, workloads: list[Workload], ll_note: str) -> str:
+    """The issue's goal, measured in this run: chaosfs at or above passthrough_ll."""
+    if ll_note:
+        return f"chaosfs / passthrough_ll: not measured: {ll_note.splitlines()[0]}"
+    cells, met, goals = [], 0, 0
+    for w in workloads:
+        plain, ll = results.best(w.key, CHAOSFS), results.best(w.key, LL)
+        if w.goal is None or not plain or not ll:
+            continue
+        goals += 1
+        met += plain / ll >= LL_GOAL
+        cells.append(f"{w.key} {ratio_cell(plain, ll, LL_GOAL)}")
+    if not goals:
+        return "chaosfs / passthrough_ll: no goal workload was run"
+    return (f"chaosfs / passthrough_ll, same run (goal >= {LL_GOAL:.2f}x on every workload): "
+            f"{', '.join(cells)}: met on {met} of {goals}")  # fmt: skip
+
+
+def report(results: Results, workloads: list[Workload], sizes: Sizes, ll_note: str) -> None:
+    with_ll = not ll_note
     header = ("workload", "unit", "native", "chaosfs", "ratio", "goal", "+100 rules",
               "ratio", "rules cost")  # fmt: skip
+    if with_ll:
+        header += (LL, "ratio", "chaosfs / passthrough_ll")
     rows = [header]
     for w in workloads:
-        native = results.best(w.key, "native")
-        plain = results.best(w.key, "chaosfs")
-        ruled = results.best(w.key, "chaosfs+rules")
+        native = results.best(w.key, NATIVE)
+        plain = results.best(w.key, CHAOSFS)
+        ruled = results.best(w.key, RULED)
         goal = f">={w.goal:.2f}x" if w.goal is not None else "(info)"
-        rows.append((w.label, w.unit, fmt(native), fmt(plain), ratio_cell(plain, native, w.goal),
-                     goal, fmt(ruled), ratio_cell(ruled, native, w.goal),
-                     cost_cell(plain, ruled)))  # fmt: skip
+        row = (w.label, w.unit, fmt(native), fmt(plain), ratio_cell(plain, native, w.goal),
+               goal, fmt(ruled), ratio_cell(ruled, native, w.goal),
+               cost_cell(plain, ruled))  # fmt: skip
+        if with_ll:
+            ll = results.best(w.key, LL)
+            ll_goal = LL_GOAL if w.goal is not None else None
+            row += (fmt(ll), ratio_cell(ll, native, None), ratio_cell(plain, ll, ll_goal))
+        rows.append(row)
+    print(headline(results, workloads, ll_note) + "\n")
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for index, row in enumerate(rows):
         cells = [c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(row)]
         print(" | ".join(cells))
         if index == 0:
             print("-+-".join("-" * w for w in widths))
-    print(f"\nbest of {sizes.repeats}; ratio = chaosfs / native (higher is better); rules cost = "
+    print(f"\nbest of {sizes.repeats}; ratio = figure / native (higher is better); rules cost = "
           f"how much slower {RULE_COUNT} non-matching rules make chaosfs (goal <= "
           f"{RULES_COST_GOAL:g}%)")  # fmt: skip
+    issue = ", ".join(f"{k} {v:.2f}x" for k, v in LL_ISSUE.items())
+    print(f"goal = the issue's minimum chaosfs / native, set from passthrough_ll's ratios on "
+          f"another machine\n  ({issue}); FUSE requests cost more here, for every "
+          "daemon")  # fmt: skip
+    if with_ll:
+        print(f"chaosfs / passthrough_ll: chaosfs without rules against libfuse's C example in "
+              f"this run (goal >= {LL_GOAL:.2f}x);\n  passthrough_ll -o {LL_OPTIONS}")  # fmt: skip
     print(notes(sizes))
 
 
@@ -602,14 +785,28 @@ def notes(sizes: Sizes) -> str:
 
 def describe_setup(bench: Bench, placement: str) -> None:
     where = "unpinned"
+    daemons = "chaosfs and passthrough_ll" if bench.ll is not None else "chaosfs"
     if bench.chaosfs_cpus:
         own = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-        where = f"bench on CPU {own}, chaosfs on CPU {','.join(map(str, bench.chaosfs_cpus))}"
+        where = f"bench on CPU {own}, {daemons} on CPU {','.join(map(str, bench.chaosfs_cpus))}"
     print(f"chaosfs bench: kernel {platform.release()}, {os.cpu_count()} CPUs, "
           f"python {platform.python_version()}; placement {placement}: {where}")  # fmt: skip
     print(f"data under {bench.root}; chaosfs: {shlex.join(bench.chaosfs_cmd)}; FUSE "
           f"read_ahead_kb={bench.read_ahead_kb()}; {RULE_COUNT} rules like "
-          f"'nomatch-N/**' on every method\n")  # fmt: skip
+          f"'nomatch-N/**' on every method")  # fmt: skip
+    if bench.ll is not None:
+        print(f"passthrough_ll ({fuse_version()}): {shlex.join(bench.ll_cmd)}; FUSE "
+              f"read_ahead_kb={bench.read_ahead_kb(bench.ll_mountpoint)}\n")  # fmt: skip
+    else:
+        print(f"passthrough_ll: not measured: {bench.ll_note}\n")
+
+
+def fuse_version() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(["pkg-config", "fuse3", "--modversion"], capture_output=True,
+                              text=True, timeout=10, check=True)  # fmt: skip
+        return f"libfuse {done.stdout.strip()}"
+    return "libfuse ?"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -622,6 +819,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "this python)")  # fmt: skip
     parser.add_argument("--dir", default="/var/tmp", help="where the temporary data goes "
                         "(native and chaosfs's -original both live here)")  # fmt: skip
+    parser.add_argument("--no-passthrough-ll", dest="passthrough_ll", action="store_false",
+                        help="leave out libfuse's example passthrough_ll")  # fmt: skip
     parser.add_argument("--placement", choices=PLACEMENTS, default="split",
                         help="CPUs of the bench and chaosfs: pinned apart (split, the default: "
                         "an app and its sidecar on different cores; reproducible), pinned "
@@ -657,7 +856,7 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def running_bench(args: argparse.Namespace) -> Iterator[Bench]:
     root = Path(tempfile.mkdtemp(prefix="chaosfs-bench-", dir=args.dir))
     own_cpus, chaosfs_cpus = placement_cpus(args.placement)
-    bench = Bench(root, chaosfs_command(args), chaosfs_cpus)
+    bench = Bench(root, chaosfs_command(args), chaosfs_cpus, want_ll=args.passthrough_ll)
     try:
         bench.start()
         if own_cpus:
@@ -675,6 +874,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes, workloads = choose(args)
     signal.signal(signal.SIGTERM, _terminate)
     results = Results()
+    ll_note = ""
     started = time.perf_counter()
     try:
         with running_bench(args) as bench:
@@ -682,13 +882,14 @@ def main(argv: list[str] | None = None) -> int:
             describe_setup(bench, args.placement)
             for workload in workloads:
                 run_workload(bench, workload, targets, sizes, results)
+            ll_note = bench.ll_note
     except KeyboardInterrupt:
         print("fs_bench: interrupted; mounts and processes cleaned up", file=sys.stderr)
         return 130
     except RuntimeError as exc:
         print(f"fs_bench: {exc}", file=sys.stderr)
         return 1
-    report(results, workloads, sizes)
+    report(results, workloads, sizes, ll_note)
     print(f"\ntotal {time.perf_counter() - started:.0f}s; {load_summary(results)}")
     return 0
 
