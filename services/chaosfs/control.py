@@ -75,6 +75,7 @@ class BusControl:
         # idle agents on one machine must cost next to nothing).
         self._rules_moved = asyncio.Event()
         self._events_wake = asyncio.Event()
+        engine.on_first_event = self._events_queued
         self.audit: AuditLog | None = None
         self._last_error = ""
         self._last_error_at = 0.0
@@ -236,7 +237,11 @@ class BusControl:
 
     def _rules_changed(self) -> None:
         self._rules_moved.set()
-        self._events_wake.set()
+
+    def _events_queued(self) -> None:
+        """From the FUSE thread: never blocks, and a closed loop has nobody to tell."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._events_wake.set)
 
     async def _expire_rules(self) -> None:
         while True:
@@ -260,12 +265,13 @@ class BusControl:
         """Forward sampled injection events; never read on the I/O path."""
         subject = pod_event("inject", self.config.namespace, self.config.pod)
         while True:
-            if not self.engine.rules.rules and not self.engine.events:
-                # No rule, so no event can come: sleep until rules arrive.
+            if not self.engine.events:
+                # Asleep until the FUSE thread queues an event (engine.on_first_event):
+                # no polling, whether rules are in force or not.
                 self._events_wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._events_wake.wait(), IDLE_RECHECK)
-            await asyncio.sleep(INJECTION_FLUSH_INTERVAL)
+            await asyncio.sleep(INJECTION_FLUSH_INTERVAL)  # then take a batch
             batch = self.engine.drain_events(limit=INJECTION_BATCH)
             nc = self._nc
             if not batch or nc is None or not nc.is_connected:

@@ -16,6 +16,7 @@ import errno as errno_mod
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,6 +136,9 @@ class FaultEngine:
         self.rules = RuleSet(0)
         self.state: dict[str, RuleState] = {}
         self.events: collections.deque[tuple] = collections.deque(maxlen=EVENT_BACKLOG)
+        # Called (from the FUSE thread) when an event lands in an empty queue, so the
+        # bus thread's publisher need not poll; it must never block.
+        self.on_first_event: Callable[[], None] | None = None
         self.events_dropped = 0
         self.managed: set[str] = set()  # ids that desired state put here
         self.fired_by: dict[tuple[str, str], int] = {}  # (action, method): for metrics
@@ -284,6 +288,8 @@ class FaultEngine:
         if path is None:
             path = self.table.path(inode) if inode is not None else ""
         outcome = "dry-run" if rule.dry_run else _outcome(rule)
+        if not self.events and self.on_first_event is not None:
+            self.on_first_event()
         self.events.append((time.time(), method, path, pid, rule.id, outcome))
 
     # --- bus thread: the only writer -----------------------------------------------
