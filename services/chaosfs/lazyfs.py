@@ -184,9 +184,8 @@ class LazyOperations(ChaosOperations):
                 raise pyfuse3.FUSEError(exc.errno) from None
         return info
 
-    def _sync(self, handle: FileHandle, fh: int, datasync: bool) -> None:
+    def _before_sync(self, handle: FileHandle) -> None:
         self._write_back(handle.inode.key)
-        super()._sync(handle, fh, datasync)
 
     def _write_back(self, key: Key, *, early: bool = False) -> None:
         fd = self.writers.get(key)
@@ -415,9 +414,8 @@ class LazyOperations(ChaosOperations):
         )
         self._retire(op)
 
-    def _sync_dir(self, handle: DirHandle) -> None:
+    def _before_sync_dir(self, handle: DirHandle) -> None:
         self._retire(self.journal.fsyncdir(handle.inode.key))
-        super()._sync_dir(handle)
 
     # --- for the control plane (trio thread only) -------------------------------------
 

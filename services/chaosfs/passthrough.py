@@ -1,7 +1,8 @@
 """The FUSE operations: a faithful passthrough with a fault check in front.
 
 Every handler works from O_PATH handles (see ``inodes``), runs its system calls
-directly on the trio thread (a thread hop costs more than the calls), and turns
+directly on the trio thread (a thread hop costs more than the calls), except the
+syncs, which wait for the disk and go to a worker thread, and turns
 any ``OSError`` into the same errno for the caller. Faults are decided by the
 engine before the real operation runs; a latency fault sleeps in trio, so other
 requests keep flowing while one is held.
@@ -213,14 +214,11 @@ class ChaosOperations(pyfuse3.Operations):
         else:
             os.truncate(node.proc, size)
 
-    def _sync(self, handle: FileHandle, fh: int, datasync: bool) -> None:
-        if datasync:
-            os.fdatasync(fh)
-        else:
-            os.fsync(fh)
+    def _before_sync(self, handle: FileHandle) -> None:
+        """What must reach the backing file before it is synced (nothing here)."""
 
-    def _sync_dir(self, handle: DirHandle) -> None:
-        os.fsync(handle.fd)
+    def _before_sync_dir(self, handle: DirHandle) -> None:
+        """What must reach the backing directory before it is synced (nothing here)."""
 
     def _list(self, handle: DirHandle) -> list[bytes]:
         return [os.fsencode(n) for n in os.listdir(handle.fd)]
@@ -600,7 +598,11 @@ class ChaosOperations(pyfuse3.Operations):
         handle = self.files[fh]
         await self._check("fsync", handle.inode, handle)
         try:
-            self._sync(handle, fh, datasync)
+            self._before_sync(handle)
+            # A disk takes milliseconds to seconds to sync: on the trio thread that
+            # would hold every other request on the mount just as long. (The kernel
+            # keeps the file open until this request is answered, so fh stays valid.)
+            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
 
@@ -668,7 +670,8 @@ class ChaosOperations(pyfuse3.Operations):
         handle = self.dirs[fh]
         await self._check("fsyncdir", handle.inode)
         try:
-            self._sync_dir(handle)
+            self._before_sync_dir(handle)
+            await trio.to_thread.run_sync(os.fsync, handle.fd)  # off the FUSE thread, as fsync
         except OSError as exc:
             raise FUSEError(exc.errno) from None
 
