@@ -227,3 +227,17 @@ def test_o_trunc_on_a_read_only_open_truncates_as_linux_does(lazy):
     assert (mnt / "t").read_bytes() == b""
     ask(lazy, "lose-unsynced")
     assert (mnt / "t").read_bytes() == b"content"  # the truncate was never synced
+
+
+@pytest.mark.parametrize("flag", [os.O_DSYNC, os.O_SYNC], ids=["O_DSYNC", "O_SYNC"])
+@pytest.mark.parametrize("access", [os.O_WRONLY, os.O_RDWR], ids=["write-only", "read-write"])
+def test_a_synchronous_write_is_durable_when_it_returns(lazy, flag, access):
+    mnt = lazy.mountpoint
+    fd = os.open(mnt / "meta", access | os.O_CREAT | flag, 0o644)
+    try:
+        os.pwrite(fd, b"committed", 0)
+        ask(lazy, "lose-unsynced")  # no fsync came: the flag alone must have done it
+    finally:
+        os.close(fd)
+    assert (mnt / "meta").read_bytes() == b"committed"
+    assert (lazy.original / "meta").read_bytes() == b"committed"

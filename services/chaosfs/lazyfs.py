@@ -71,6 +71,7 @@ class LazyOperations(ChaosOperations):
         self.writers: dict[Key, int] = {}
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.max_writers = min(MAX_WRITERS, max(16, soft // 8))
+        self.synchronous: set[int] = set()  # handles opened O_DSYNC or O_SYNC
         self.paths: dict[Key, str] = {}  # where each dirty file was when first dirtied
         # Directories pending ops refer to: [descriptor, ops pinning it].
         self.dir_pins: dict[Key, list[int]] = {}
@@ -164,6 +165,12 @@ class LazyOperations(ChaosOperations):
         self._dirty(node)
         for victim in self.cache.write(node.key, off, buf):
             self._write_back(victim, early=True)
+        if fh in self.synchronous:
+            # O_DSYNC (O_SYNC): durable when write() returns, as LMDB's meta page
+            # expects. For a write-only (direct_io) handle no fsync follows from the
+            # kernel, so this is the only chance.
+            self._write_back(node.key)
+            os.fdatasync(fh)
         return len(buf)
 
     def _size(self, node: Inode, fd: int) -> int:
@@ -176,6 +183,7 @@ class LazyOperations(ChaosOperations):
     async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
         # O_TRUNC empties the file in the cache, not on disk: a power cut brings it back.
         info = await super().open(inode, flags & ~os.O_TRUNC, ctx)
+        self._note_synchronous(info.fh, flags)
         if flags & os.O_TRUNC:  # even O_RDONLY: Linux truncates, the kernel checked the right
             try:
                 self._truncate(self.table[inode], None, 0)
@@ -183,6 +191,21 @@ class LazyOperations(ChaosOperations):
                 await self.release(info.fh)
                 raise pyfuse3.FUSEError(exc.errno) from None
         return info
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: RequestContext
+    ) -> tuple[FileInfo, EntryAttributes]:
+        info, entry = await super().create(parent_inode, name, mode, flags, ctx)
+        self._note_synchronous(info.fh, flags)
+        return info, entry
+
+    def _note_synchronous(self, fh: int, flags: int) -> None:
+        if flags & os.O_DSYNC:  # O_SYNC includes this bit on Linux
+            self.synchronous.add(fh)
+
+    async def release(self, fh: int) -> None:
+        self.synchronous.discard(fh)
+        await super().release(fh)
 
     def _before_sync(self, handle: FileHandle) -> None:
         self._write_back(handle.inode.key)
