@@ -57,6 +57,9 @@ class RuleSet:
     # Matches a path iff some rule's glob does: one C-level match settles the
     # common case (no rule covers the path) instead of a Python loop over all rules.
     any_path: re.Pattern[str] | None = None
+    # Each rule's glob up to its first wildcard: a path below a directory that none
+    # of them is prefix-compatible with cannot match any rule (see FaultEngine.below).
+    prefixes: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, version: int, rules: tuple[FaultRule, ...]) -> RuleSet:
@@ -67,11 +70,18 @@ class RuleSet:
         if rules:
             any_path = re.compile("|".join(f"(?:{r.path_regex.pattern})" for r in rules), re.DOTALL)
         by_method = {m: rs for m, rs in by_method.items() if rs}
-        return cls(version, rules, by_method, quotas, attr_rules, any_path)
+        prefixes = tuple(sorted({_literal_prefix(r.path) for r in rules}))
+        return cls(version, rules, by_method, quotas, attr_rules, any_path, prefixes)
 
     def covers(self, path: str) -> bool:
         """False only if no rule's glob matches ``path`` (then no rule applies)."""
         return self.any_path is not None and self.any_path.match(path) is not None
+
+
+def _literal_prefix(glob: str) -> str:
+    glob = glob.strip("/")
+    cut = min((i for i in (glob.find(c) for c in "*?[") if i >= 0), default=len(glob))
+    return glob[:cut]
 
 
 class Decision:
@@ -160,8 +170,9 @@ class FaultEngine:
         per_method = cached[2]
         hits = per_method.get(method)
         if hits is None:
-            path = self.table.path(inode)
-            if rules.covers(path):
+            if inode.parent is not None and not self.below(inode.parent):
+                hits = ()
+            elif rules.covers(path := self.table.path(inode)):
                 hits = tuple(r for r in candidates if r.path_regex.match(path))
             else:
                 hits = ()
@@ -175,7 +186,7 @@ class FaultEngine:
     ) -> Decision | None:
         """For operations on a name that may not have an inode (create, unlink, ...)."""
         candidates = self.rules.by_method.get(method)
-        if not candidates:
+        if not candidates or not self.below(parent):
             return None
         path = self.table.child_path(parent, name)
         if not self.rules.covers(path):
@@ -183,10 +194,33 @@ class FaultEngine:
         hits = tuple(r for r in candidates if r.path_regex.match(path))
         return self._decide(method, hits, pid, uid, None, path) if hits else None
 
+    def below(self, directory: Inode) -> bool:
+        """Whether some rule's glob may match a path below ``directory``.
+
+        Remembered per directory until the rules or the tree change: creating,
+        looking up and removing files in a directory no rule reaches then costs a
+        dict lookup, not a path built and matched per request.
+        """
+        rules = self.rules
+        cached = directory.match
+        generation = self.table.generation
+        if cached is None or cached[0] != rules.version or cached[1] != generation:
+            cached = (rules.version, generation, {})
+            directory.match = cached
+        hit = cached[2].get("(below)")
+        if hit is None:
+            base = self.table.path(directory)
+            base = base + "/" if base else ""
+            hit = any(p.startswith(base) or base.startswith(p) for p in rules.prefixes)
+            cached[2]["(below)"] = hit
+        return bool(hit)
+
     def reads_faulted(self, inode: Inode) -> bool:
         """Whether reads of this inode must bypass the kernel page cache."""
         candidates = self.rules.by_method.get("read")
         if not candidates:
+            return False
+        if inode.parent is not None and not self.below(inode.parent):
             return False
         path = self.table.path(inode)
         if not self.rules.covers(path):
