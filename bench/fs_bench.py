@@ -656,12 +656,18 @@ def prepare(bench: Bench, sizes: Sizes) -> tuple[Target, ...]:
 
 
 def run_round(bench: Bench, workload: Workload, targets: tuple[Target, ...],
-              sizes: Sizes) -> tuple[dict[str, float], float]:  # fmt: skip
-    """One figure per target, and the CPU % others took meanwhile."""
+              sizes: Sizes, turn: int = 0) -> tuple[dict[str, float], float]:  # fmt: skip
+    """One figure per target, and the CPU % others took meanwhile.
+
+    Each round starts with another target (``turn``): a run right after another one
+    on the same file system is slower (ext4 skips inodes freed moments ago), so a
+    fixed order would charge that to whichever target always comes second.
+    """
     meter = LoadMeter(bench.pids())
     meter.start()
     figures = {}
-    for target in targets:
+    turn %= len(targets)
+    for target in targets[turn:] + targets[:turn]:
         if target.name in (CHAOSFS, RULED):  # passthrough_ll runs whatever chaosfs holds
             bench.set_rules(target.name == RULED)
         figures[target.name] = workload.run(target, sizes)
@@ -672,7 +678,7 @@ def run_workload(bench: Bench, workload: Workload, targets: tuple[Target, ...],
                  sizes: Sizes, results: Results) -> None:  # fmt: skip
     kept = redone = 0
     while kept < sizes.repeats:
-        figures, other = run_round(bench, workload, targets, sizes)
+        figures, other = run_round(bench, workload, targets, sizes, kept + redone)
         if other > BUSY_PERCENT and redone < MAX_REDONE:
             redone += 1  # someone else used the CPUs: this round says little
             continue
