@@ -10,10 +10,10 @@ import contextlib
 import os
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
+from test_lazy import fsync_path, write_file
 
 from conftest import Sidecar
 
@@ -31,24 +31,6 @@ def lazy_status(sc: Sidecar) -> dict[str, Any]:
 def descriptors(sc: Sidecar) -> int:
     assert sc.proc is not None
     return len(os.listdir(f"/proc/{sc.proc.pid}/fd"))
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file(path: Path, data: bytes, *, sync: bool = False) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def forget_inodes() -> None:

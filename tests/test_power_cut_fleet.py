@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from lazy_records import record
+from test_fleet import audit
 
 from conftest import chaosctl, wait_for
 
@@ -35,12 +36,6 @@ def writer(mountpoint: Path) -> subprocess.Popen[str]:
         if "written" in json.loads(line):
             return proc
     raise AssertionError(f"the writer ended early with {proc.wait()}")
-
-
-def audit(url: str, *args: str) -> list[dict]:
-    done = chaosctl(url, "audit", "--json", *args)
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 def test_power_cut_by_namespace_hits_only_the_matching_pods(make_sidecar, nats_server):
