@@ -35,7 +35,6 @@ import asyncio
 import base64
 import contextlib
 import copy
-import ctypes
 import dataclasses
 import json
 import math
@@ -44,7 +43,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -54,12 +52,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import aiohttp
 import nats
 import yaml
+from benchstack import _terminate, free_port, port_open, spawn, stack_cleanup, stop_all
 
 from chaosbus import codec
 from chaosbus.injection import RENDERINGS_BUCKET, Rendering, rendering_key
@@ -195,52 +193,6 @@ def image_marker(tag: str) -> bytes:
 
 # --- processes -----------------------------------------------------------------------
 
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # A session of its own (Ctrl-C reaches the bench, which stops everything in
-    # order), and SIGTERM if the bench dies without cleaning up.
-    if _LIBC is not None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as err:
-        return subprocess.Popen(
-            cmd,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-
-
-def stop(name: str, proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        print(f"admission_bench: {name} ignored SIGTERM for {timeout:g} s; killed", file=sys.stderr)
-        proc.kill()
-        proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def port_open(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-        return True
-    return False
-
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process so far."""
@@ -349,7 +301,7 @@ class Stack:
     def close(self) -> None:
         for name in ("injector", "watcher", "nats"):  # clients before the server
             if name in self.procs:
-                stop(name, self.procs[name])
+                stop_all({name: self.procs[name]}, STOP_TIMEOUT, "admission_bench")
 
 
 # --- HTTP ---------------------------------------------------------------------------
@@ -785,34 +737,13 @@ def parse_args(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
     return plan, args
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds through the cleanup
-
-
-def show_logs(stack: Stack, lines: int = 8) -> None:
-    for name in stack.procs:
-        with contextlib.suppress(OSError):
-            tail = stack.log(name).read_text(errors="replace").splitlines()[-lines:]
-            print(f"--- {name} log, last {len(tail)} lines", *tail, sep="\n", file=sys.stderr)
-
-
 @contextlib.contextmanager
 def running_stack(plan: Plan, keep: bool) -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix="admission-bench-"))
     stack = Stack(root, plan.configs)
-    try:
+    with stack_cleanup(stack, keep, "admission_bench"):
         stack.start()
         yield stack
-    except Exception:
-        stack.close()
-        show_logs(stack)
-        raise
-    finally:
-        stack.close()
-        if keep:
-            print(f"admission_bench: logs kept in {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import functools
 import math
@@ -57,9 +56,7 @@ import os
 import platform
 import random
 import resource
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -68,10 +65,18 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import nats.errors
+from benchstack import (
+    _terminate,
+    die_with_parent,
+    free_port,
+    port_open,
+    spawn,
+    stack_cleanup,
+    stop_all,
+)
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -120,44 +125,15 @@ QUICK = Plan(agents=50, processes=2, round_trips=100, commands=20, runs=3, idle=
 
 # --- processes -----------------------------------------------------------------------
 
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-PR_SET_PDEATHSIG = 1
-
 
 def _child_setup() -> None:
     """In each child before exec: get SIGTERM if the bench dies without cleaning up,
     and as many open files as allowed (an agent holds a socket, an O_PATH descriptor
     and its loop's self-pipe)."""
-    if _LIBC is not None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
-    # A session of its own: Ctrl-C reaches the bench only, which stops all in order.
-    with open(log, "ab") as err:
-        return subprocess.Popen(
-            cmd,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-            preexec_fn=_child_setup,
-        )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def port_open(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-        return True
-    return False
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -261,7 +237,7 @@ class Stack:
         server = str(BIN / "nats-server")
         version = subprocess.run([server, "--version"], capture_output=True, text=True)
         self.nats_version = version.stdout.strip().rpartition(" ")[2]
-        self.procs["nats"] = spawn([server, "-c", str(conf)], self.log("nats"))
+        self.procs["nats"] = spawn([server, "-c", str(conf)], self.log("nats"), _child_setup)
         deadline = time.monotonic() + 10
         while not port_open(self.port):
             self.check_alive()
@@ -271,7 +247,7 @@ class Stack:
 
     def start_echo(self) -> None:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--echo", self.url]
-        self.procs["echo"] = spawn(cmd, self.log("echo"))
+        self.procs["echo"] = spawn(cmd, self.log("echo"), _child_setup)
 
     def start_agents(self, batch: Batch, namespace: str) -> None:
         """Spawn one ``chaosfs-agents`` process."""
@@ -282,7 +258,7 @@ class Stack:
             *("--namespace", namespace),
             *("--prefix", batch.prefix),
         ]
-        self.procs[batch.name] = spawn(cmd, self.log(batch.name))
+        self.procs[batch.name] = spawn(cmd, self.log(batch.name), _child_setup)
         self.agents[batch.name] = (namespace, [f"{batch.prefix}{i}" for i in range(batch.count)])
 
     @property
@@ -297,24 +273,8 @@ class Stack:
 
     def close(self) -> None:
         """Every client at once (each agent says goodbye), then the server."""
-        stop_all({n: p for n, p in self.procs.items() if n != "nats"})
-        stop_all({n: p for n, p in self.procs.items() if n == "nats"})
-
-
-def stop_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for name, proc in procs.items():
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            print(
-                f"bus_bench: {name} ignored SIGTERM for {STOP_TIMEOUT:g} s; killed", file=sys.stderr
-            )
-            proc.kill()
-            proc.wait()
+        stop_all({n: p for n, p in self.procs.items() if n != "nats"}, STOP_TIMEOUT, "bus_bench")
+        stop_all({n: p for n, p in self.procs.items() if n == "nats"}, STOP_TIMEOUT, "bus_bench")
 
 
 # --- the echo responder (this file, run with --echo URL) -------------------------------
@@ -924,35 +884,14 @@ def parse_args(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
     return plan, args
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds through the cleanup
-
-
-def show_logs(stack: Stack, lines: int = 8) -> None:
-    for name in stack.procs:
-        with contextlib.suppress(OSError):
-            tail = stack.log(name).read_text(errors="replace").splitlines()[-lines:]
-            print(f"--- {name} log, last {len(tail)} lines", *tail, sep="\n", file=sys.stderr)
-
-
 @contextlib.contextmanager
 def running_stack(keep: bool) -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix="bus-bench-"))
     stack = Stack(root)
-    try:
+    with stack_cleanup(stack, keep, "bus_bench"):
         stack.start_nats()
         stack.start_echo()
         yield stack
-    except Exception:
-        stack.close()
-        show_logs(stack)
-        raise
-    finally:
-        stack.close()
-        if keep:
-            print(f"bus_bench: logs kept in {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchstack import _terminate
 from fs_bench import (
     BIN,
     PLACEMENTS,
@@ -291,10 +292,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="CPUs of the bench and chaosfs (as in fs_bench.py)")  # fmt: skip
     parser.add_argument("--chaosfs", help="command that runs chaosfs")
     return parser.parse_args(argv)
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
