@@ -48,6 +48,10 @@ LAZY_OFF = "lazy mode is off: start chaosfs with -lazy"
 INJECTION_BATCH = 50  # per flush: at most 200 events a second leave a sidecar
 
 
+class MountClosing(protocol.CommandError):
+    """The FUSE loop has ended: nothing on the mount can be asked or changed any more."""
+
+
 class BusControl:
     def __init__(
         self,
@@ -495,7 +499,7 @@ class BusControl:
         try:
             return await asyncio.get_running_loop().run_in_executor(None, call)
         except trio.RunFinishedError:
-            raise protocol.CommandError("the mount is shutting down") from None
+            raise MountClosing("the mount is shutting down") from None
 
     async def _lazy_status(self) -> dict[str, Any]:
         if not isinstance(self.ops, LazyOperations):
@@ -587,21 +591,11 @@ class BusControl:
             return  # a mount-less agent has no kernel caches to drop
         regexes = [r.path_regex for r in rules]
         lookups = any(r.applies_to("lookup") for r in rules)
-        loop = asyncio.get_running_loop()
         try:
-            targets = await loop.run_in_executor(
-                None,
-                functools.partial(
-                    trio.from_thread.run_sync,
-                    self.ops.inodes_matching,
-                    regexes,
-                    lookups,
-                    trio_token=self.trio_token,
-                ),
-            )
-        except trio.RunFinishedError:
+            targets = await self._on_trio(self.ops.inodes_matching, regexes, lookups)
+        except MountClosing:
             return
-        await loop.run_in_executor(None, _invalidate, targets)
+        await asyncio.get_running_loop().run_in_executor(None, _invalidate, targets)
 
 
 def _invalidate(targets: list[tuple[int, int, bytes]]) -> None:

@@ -157,17 +157,24 @@ class FaultEngine:
 
     # --- trio thread: the request path -------------------------------------------
 
-    def for_inode(self, method: str, inode: Inode, pid: int = 0, uid: int = 0) -> Decision | None:
-        rules = self.rules
-        candidates = rules.by_method.get(method)
-        if not candidates:
-            return None
+    def _memo(self, inode: Inode, rules: RuleSet) -> dict[str, Any]:
+        """What was worked out about this inode under ``rules`` and the current tree:
+        each method's matching rules, "(attr)" and "(below)". Forgotten once the
+        rules change or a name moves. The caller passes the rule set it read once,
+        as the bus thread may swap in another at any moment."""
         cached = inode.match
         generation = self.table.generation
         if cached is None or cached[0] != rules.version or cached[1] != generation:
             cached = (rules.version, generation, {})
             inode.match = cached
-        per_method = cached[2]
+        return cached[2]
+
+    def for_inode(self, method: str, inode: Inode, pid: int = 0, uid: int = 0) -> Decision | None:
+        rules = self.rules
+        candidates = rules.by_method.get(method)
+        if not candidates:
+            return None
+        per_method = self._memo(inode, rules)
         hits = per_method.get(method)
         if hits is None:
             if inode.parent is not None and not self.below(inode.parent):
@@ -202,17 +209,13 @@ class FaultEngine:
         dict lookup, not a path built and matched per request.
         """
         rules = self.rules
-        cached = directory.match
-        generation = self.table.generation
-        if cached is None or cached[0] != rules.version or cached[1] != generation:
-            cached = (rules.version, generation, {})
-            directory.match = cached
-        hit = cached[2].get("(below)")
+        memo = self._memo(directory, rules)
+        hit = memo.get("(below)")
         if hit is None:
             base = self.table.path(directory)
             base = base + "/" if base else ""
             hit = any(p.startswith(base) or base.startswith(p) for p in rules.prefixes)
-            cached[2]["(below)"] = hit
+            memo["(below)"] = hit
         return bool(hit)
 
     def reads_faulted(self, inode: Inode) -> bool:
@@ -230,16 +233,12 @@ class FaultEngine:
     def attrs_faulted(self, inode: Inode) -> bool:
         """Whether an attr rule covers this inode, so the kernel must not cache its attributes."""
         rules = self.rules
-        cached = inode.match
-        generation = self.table.generation
-        if cached is None or cached[0] != rules.version or cached[1] != generation:
-            cached = (rules.version, generation, {})
-            inode.match = cached
-        hit = cached[2].get("(attr)")
+        memo = self._memo(inode, rules)
+        hit = memo.get("(attr)")
         if hit is None:
             path = self.table.path(inode)
             hit = tuple(r for r in rules.attr_rules if r.path_regex.match(path))
-            cached[2]["(attr)"] = hit
+            memo["(attr)"] = hit
         return bool(hit)
 
     def quota_free(self) -> int | None:

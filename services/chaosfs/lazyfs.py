@@ -303,17 +303,20 @@ class LazyOperations(ChaosOperations):
         else:
             self._retire(self.journal.create(parent.key, name))
 
-    def _park_or_remove(self, parent: Inode, name: bytes, key: Key | None) -> bytes | None:
-        """Park ``parent/name`` in the trash; None if it had to be removed for real."""
+    def _parked(self, parent: Inode, name: bytes, key: Key | None) -> bytes | None:
+        """Pin ``parent`` and park ``parent/name`` in the trash; its trash name, or
+        None if either is impossible (the caller then removes it for real)."""
+        if not self._pin_all(parent):
+            return None
         try:
             return self._park(parent.fd, name, key)
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EMFILE, errno.ENFILE, errno.ENOSPC):
+                self._unpin_all(parent)
                 raise
         self._unpin_all(parent)
-        self.log.warning(
-            "journal_skipped", reason="cannot park", path=self._entry_path(parent, name)
-        )
+        path = self.table.child_path(parent, name)
+        self.log.warning("journal_skipped", reason="cannot park", path=path)
         return None
 
     def _unlink(self, parent: Inode, name: bytes) -> None:
@@ -321,25 +324,15 @@ class LazyOperations(ChaosOperations):
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "is a directory")
         self._refuse_trash(parent, name)
-        if not self._pin_all(parent):
-            return super()._unlink(parent, name)
-        trash = self._park_or_remove(parent, name, (st.st_dev, st.st_ino))
+        trash = self._parked(parent, name, (st.st_dev, st.st_ino))
         if trash is None:
             return super()._unlink(parent, name)
         self._retire(self.journal.unlink(parent.key, name, trash))
 
     def _rmdir(self, parent: Inode, name: bytes) -> None:
         self._refuse_trash(parent, name)
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent.fd)
-        try:
-            if os.listdir(fd):
-                raise OSError(errno.ENOTEMPTY, "directory not empty")
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        if not self._pin_all(parent):
-            return super()._rmdir(parent, name)
-        trash = self._park_or_remove(parent, name, None)
+        st = _empty_directory(parent.fd, name)
+        trash = self._parked(parent, name, None)
         if trash is None:
             return super()._rmdir(parent, name)
         child = (st.st_dev, st.st_ino)
@@ -348,9 +341,6 @@ class LazyOperations(ChaosOperations):
     def _refuse_trash(self, parent: Inode, name: bytes) -> None:
         if parent.id == ROOT and name == TRASH:
             raise PermissionError(errno.EPERM, "reserved for lazy mode")
-
-    def _entry_path(self, parent: Inode, name: bytes) -> str:
-        return self.table.child_path(parent, name)
 
     def _rename(
         self, old_parent: Inode, old: bytes, new_parent: Inode, new: bytes, flags: int
@@ -385,11 +375,11 @@ class LazyOperations(ChaosOperations):
                 raise
         # Reports name a dirty file by where it is, also once the kernel forgot it.
         if moved in self.paths:
-            self.paths[moved] = self._entry_path(new_parent, new)
+            self.paths[moved] = self.table.child_path(new_parent, new)
         if target is not None and flags & pyfuse3.RENAME_EXCHANGE:
             swapped = (target.st_dev, target.st_ino)
             if swapped in self.paths:
-                self.paths[swapped] = self._entry_path(old_parent, old)
+                self.paths[swapped] = self.table.child_path(old_parent, old)
 
     def _replace(
         self,
@@ -410,12 +400,7 @@ class LazyOperations(ChaosOperations):
         if target_dir and not source_dir:
             raise IsADirectoryError(errno.EISDIR, "is a directory")
         if target_dir:
-            fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY, dir_fd=new_parent.fd)
-            try:
-                if os.listdir(fd):
-                    raise OSError(errno.ENOTEMPTY, "directory not empty")
-            finally:
-                os.close(fd)
+            _empty_directory(new_parent.fd, new)
         sysio.renameat2(old_parent.fd, old, new_parent.fd, new, pyfuse3.RENAME_EXCHANGE)
         replaced = (target.st_dev, target.st_ino)
         try:
@@ -639,6 +624,17 @@ class LazyOperations(ChaosOperations):
         self.journal = MetaJournal()
         with contextlib.suppress(OSError):
             os.rmdir(TRASH, dir_fd=self.table.root.fd)  # leave the app's directory as it was
+
+
+def _empty_directory(dir_fd: int, name: bytes) -> os.stat_result:
+    """Stat the directory ``name``, or fail as rmdir(2) would if it is not empty."""
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        if os.listdir(fd):
+            raise OSError(errno.ENOTEMPTY, "directory not empty")
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
