@@ -12,7 +12,6 @@ Usage: chaosfs-agents --nats URL --count N [--namespace NS] [--labels k=v,...]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
@@ -29,7 +28,6 @@ from .control import BusControl
 from .faults import FaultEngine
 from .inodes import InodeTable
 
-BUS_THREAD = "chaosfs-bus"  # the name BusControl gives its thread
 STOP_TIMEOUT = 10.0  # seconds for every agent to say goodbye and close
 
 
@@ -78,17 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     for agent in agents:
-        # All at once: each says "gone" on its own thread. One whose loop has already
-        # closed (it never reached the bus) refuses the request: it is on its way out.
-        with contextlib.suppress(RuntimeError):
-            agent.request_stop()
-    # Then wait for every agent's thread to end. They are daemons, and one still
-    # running at interpreter exit can be frozen holding the logging lock, which the
-    # exit's garbage collection (pending tasks log as they are destroyed) then needs.
+        agent.request_stop()  # all at once: each says "gone" on its own thread
+    # Then wait for every agent's thread to end: one still running at interpreter exit
+    # can be frozen holding the logging lock that the exit's clean-up needs.
     deadline = time.monotonic() + STOP_TIMEOUT
-    for thread in threading.enumerate():
-        if thread.name == BUS_THREAD:
-            thread.join(max(0.0, deadline - time.monotonic()))
+    for agent in agents:
+        agent.stop(timeout=max(0.0, deadline - time.monotonic()))
     os.rmdir(empty)
     return 0
 
