@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
 from nats.js.errors import BucketNotFoundError
 
-from chaosbus import codec, desired, registry
+from chaosbus import codec, desired, fleet, registry
 from chaosbus.bus import connect
+from chaosbus.fleet import REPLY_LIMIT, FleetResult
 from chaosbus.kv import contents, open_bucket
 from chaosbus.protocol import Target
-from chaosbus.subjects import FLEET_COMMAND, decode_token, pod_command
+from chaosbus.subjects import decode_token, pod_command
 
-REPLY_LIMIT = 16 * 1024 * 1024
+__all__ = ["FleetResult", "Refused", "Session", "Unreachable"]
 
 
 class Unreachable(RuntimeError):
@@ -28,22 +28,6 @@ class Unreachable(RuntimeError):
 
 class Refused(RuntimeError):
     """The sidecar answered with an error; nothing changed."""
-
-
-@dataclass
-class FleetResult:
-    expected: set[str] = field(default_factory=set)  # alive: waited for
-    lost: set[str] = field(default_factory=set)  # recently lost: not waited for, still missing
-    acked: dict[str, dict[str, Any]] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def missing(self) -> list[str]:
-        return sorted((self.expected | self.lost) - set(self.acked) - set(self.errors))
-
-    @property
-    def total(self) -> int:
-        return len(self.expected | self.lost | set(self.acked) | set(self.errors))
 
 
 class Session:
@@ -101,33 +85,7 @@ class Session:
         self, command: dict[str, Any], expected: set[str], lost: set[str] | None = None
     ) -> FleetResult:
         """One publish to every sidecar; collect answers until all expected ones are in."""
-        result = FleetResult(expected=set(expected), lost=set(lost or ()))
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        await self.nc.flush()
-        await self.nc.publish(FLEET_COMMAND, codec.encode(command), reply=inbox)
-        deadline = time.monotonic() + self.timeout
-        # With nobody expected, still listen briefly: unregistered sidecars may answer.
-        while (left := deadline - time.monotonic()) > 0:
-            if expected and not (result.expected - set(result.acked) - set(result.errors)):
-                break
-            try:
-                msg = await sub.next_msg(timeout=min(left, 0.5 if not expected else left))
-            except nats.errors.TimeoutError:
-                if not expected:
-                    break
-                continue
-            try:
-                reply = codec.decode(msg.data, limit=REPLY_LIMIT)
-            except codec.DecodeError:
-                continue
-            pod = str(reply.get("pod"))
-            if reply.get("ok"):
-                result.acked[pod] = reply
-            else:
-                result.errors[pod] = str(reply.get("error"))
-        await sub.unsubscribe()
-        return result
+        return await fleet.broadcast(self.nc, command, expected, timeout=self.timeout, lost=lost)
 
     async def sidecars(self) -> list[dict[str, Any]]:
         """Every registered sidecar, each marked lost or not."""
