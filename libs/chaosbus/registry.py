@@ -7,6 +7,7 @@ belongs to a sidecar that is lost (killed, partitioned, its node gone).
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -21,7 +22,21 @@ def key(namespace: str, name: str) -> str:
     return f"{encode_token(namespace)}.{encode_token(name)}"
 
 
+def _number(value: Any, default: float) -> float:
+    """A finite number from an entry, or the default: entries are written by every
+    sidecar, and one bad value ("soon", NaN, a map) must not break whoever reads them."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return default
+    return float(value)
+
+
 def is_lost(entry: dict[str, Any], now: float | None = None) -> bool:
     now = time.time() if now is None else now
-    interval = float(entry.get("heartbeat_interval") or 5.0)
-    return now - float(entry.get("time") or 0) > LOST_AFTER_BEATS * interval
+    interval = _number(entry.get("heartbeat_interval"), 5.0)
+    if interval <= 0:
+        interval = 5.0
+    return now - _number(entry.get("time"), 0.0) > LOST_AFTER_BEATS * interval
+
+
+def last_seen(entry: dict[str, Any]) -> float:
+    return _number(entry.get("time"), 0.0)

@@ -122,7 +122,7 @@ class Session:
                 continue
             if not e["lost"]:
                 alive.add(e["pod"])
-            elif now - float(e.get("time") or 0) < registry.FORGET_LOST_AFTER:
+            elif now - registry.last_seen(e) < registry.FORGET_LOST_AFTER:
                 lost.add(e["pod"])
         return alive, lost
 

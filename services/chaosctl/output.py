@@ -6,6 +6,7 @@ import datetime
 import time
 from typing import Any
 
+from chaosbus import registry
 from chaosbus.durations import format_duration
 
 from .client import FleetResult
@@ -250,27 +251,37 @@ def sidecars(entries: list[dict[str, Any]]) -> str:
     rows = [("POD", "STATE", "VERSION", "UPTIME", "HEARTBEAT", "RULES", "FIRED", "MOUNTPOINT")]
     now = time.time()
     for e in entries:
-        rules = e.get("rules") or []
-        rows.append(
-            (
-                str(e.get("pod")),
-                "lost" if e.get("lost") else "alive",
-                str(e.get("version", "?")),
-                format_duration(round(max(0.0, now - float(e.get("started") or now)))),
-                _ago(float(e.get("time") or 0)),
-                str(len(rules)),
-                str(sum(int(r.get("fired", 0)) for r in rules)),
-                str(e.get("mountpoint", "")),
-            )
-        )
+        try:
+            rows.append(_sidecar_row(e, now))
+        except (TypeError, ValueError, AttributeError, OverflowError):
+            # Every sidecar writes its own entry; one bad entry must not hide the others.
+            rows.append((str(e.get("pod"))[:80], "unreadable", "?", "?", "?", "?", "?", "?"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
 
 
+def _sidecar_row(e: dict[str, Any], now: float) -> tuple[str, ...]:
+    rules = e.get("rules") or []
+    started = registry.last_seen({"time": e.get("started")}) or now
+    return (
+        str(e.get("pod")),
+        "lost" if e.get("lost") else "alive",
+        str(e.get("version", "?")),
+        format_duration(round(max(0.0, now - started))),
+        _ago(registry.last_seen(e)),
+        str(len(rules)),
+        str(sum(int(r.get("fired", 0)) for r in rules)),
+        str(e.get("mountpoint", "")),
+    )
+
+
 def audit_line(event: dict[str, Any]) -> str:
-    when = datetime.datetime.fromtimestamp(float(event.get("time", 0)), datetime.UTC)
+    try:
+        when = datetime.datetime.fromtimestamp(registry.last_seen(event), datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        when = datetime.datetime.fromtimestamp(0, datetime.UTC)
     details = {
         k: v
         for k, v in event.items()
@@ -279,7 +290,7 @@ def audit_line(event: dict[str, Any]) -> str:
     extra = " ".join(f"{k}={v}" for k, v in details.items())
     pod = event.get("pod") or "-"
     return (
-        f"{when:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + f"Z {event.get('kind'):<20} {pod:<28} "
+        f"{when:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + f"Z {event.get('kind')!s:<20} {pod!s:<28} "
         f"by {event.get('actor')} {extra}"
     ).rstrip()
 

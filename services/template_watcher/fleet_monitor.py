@@ -61,7 +61,7 @@ async def _check(
             if registry.is_lost(entry, now):
                 if key not in reported:
                     reported.add(key)
-                    silent = round(now - float(entry.get("time") or 0), 1)
+                    silent = round(now - registry.last_seen(entry), 1)
                     log.warning("sidecar_lost", pod=pod, silent_for=silent)
                     audit.record(
                         "sidecar.lost", pod=pod, last_heartbeat=entry.get("time"), silent_for=silent
