@@ -1,0 +1,1 @@
+"""Experiments: declarative IoChaos-style fault runs (spec, schedule, selection, store)."""
