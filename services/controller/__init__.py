@@ -1,0 +1,1 @@
+"""chaos-controller: runs declarative experiments over the bus."""
