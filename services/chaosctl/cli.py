@@ -1,10 +1,12 @@
 """``chaosctl``: set and recover faults on one sidecar or the fleet, lose or tear
-unsynced data and cut the power (sidecars in lazy mode), list the sidecars, and
-read the audit trail.
+unsynced data and cut the power (sidecars in lazy mode), list the sidecars, read
+the audit trail, and apply, watch, pause and delete experiments (Chaos Mesh
+IoChaos-style fault runs carried out by the chaos-controller).
 
-Exit codes: 0 every sidecar asked acknowledged; 1 one refused or failed (the
-reason is printed); 2 the command line is wrong; 3 nobody answered (no NATS, no
-sidecar for the pod, or none of the fleet).
+Exit codes: 0 every sidecar asked acknowledged (or the controller did what was
+asked); 1 one refused or failed (the reason is printed); 2 the command line or a
+manifest is wrong; 3 nobody answered (no NATS, no sidecar for the pod, none of the
+fleet, or no chaos-controller in time).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 from chaosbus.bus import add_bus_arguments, auth_from_args, default_url
 from chaosbus.durations import parse_duration
 
-from . import commands, output
+from . import commands, experiments, output
 from .auditlog import events
 from .client import Refused, Session, Unreachable
 from .commands import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, Outcome
@@ -127,7 +129,61 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--follow", action="store_true", help="keep printing new events")
     audit.add_argument("--pod", help="only events about NAMESPACE/NAME")
     audit.add_argument("--kind", help="only events of this kind, e.g. rule.set")
+    _experiment_parsers(top, common)
     return parser
+
+
+def _experiment_parsers(top: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    apply = top.add_parser(
+        "apply",
+        help="create or update experiments from manifests (IoChaos, IOChaos, FsChaos)",
+        description="Check every document of every file, then write them all (or none). "
+        "A directory gives its *.yaml, *.yml and *.json files; - reads standard input.",
+        parents=[common],
+    )
+    apply.add_argument(
+        "-f", "--filename", dest="files", action="append", required=True, help="FILE, DIR or -"
+    )
+    apply.add_argument(
+        "--namespace", help="namespace of manifests that name none (default: default)"
+    )
+    apply.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the chaos-controller runs each one (--timeout, default 10s)",
+    )
+
+    delete = top.add_parser(
+        "delete",
+        help="stop experiments: the controller recovers every pod, then removes them",
+        description="Waits until the chaos-controller has recovered every pod and removed "
+        "the experiment (--timeout, default 30s).",
+        parents=[common],
+    )
+    delete.add_argument("refs", nargs="*", metavar="NAMESPACE/NAME")
+    delete.add_argument(
+        "-f", "--filename", dest="files", action="append", help="the experiments of FILE, DIR or -"
+    )
+    delete.add_argument(
+        "--namespace", help="namespace of manifests that name none (default: default)"
+    )
+
+    listing = top.add_parser(
+        "experiments", help="every experiment, with its phase and pods", parents=[common]
+    )
+    listing.add_argument("--namespace", action="append", help="only this namespace")
+
+    one = top.add_parser(
+        "experiment", help="describe, pause or resume one experiment", parents=[common]
+    )
+    verbs = one.add_subparsers(dest="verb", required=True)
+    for verb, text in (
+        ("describe", "spec, status, each pod's outcome and the audit trail"),
+        ("pause", "recover its pods and hold it (waits, --timeout, default 10s)"),
+        ("resume", "carry on after a pause (waits, --timeout, default 10s)"),
+    ):
+        p = verbs.add_parser(verb, help=text, description=text + ".", parents=[common])
+        p.add_argument("ref", metavar="NAMESPACE/NAME")
 
 
 HANDLERS = {
@@ -139,6 +195,12 @@ HANDLERS = {
     **{("fault", verb): commands.fault_lazy for verb in LAZY_VERBS},
     ("status", None): commands.status,
     ("sidecars", None): commands.sidecars,
+    ("apply", None): experiments.apply,
+    ("delete", None): experiments.delete,
+    ("experiments", None): experiments.list_experiments,
+    ("experiment", "describe"): experiments.describe,
+    ("experiment", "pause"): experiments.pause,
+    ("experiment", "resume"): experiments.resume,
 }
 
 
@@ -155,8 +217,11 @@ async def _run(args: argparse.Namespace, url: str, timeout: float, as_json: bool
         print(f"chaosctl: warning: {warning}", file=sys.stderr)
     if as_json:
         print(json.dumps(outcome.data, sort_keys=True, default=str))
-    else:
+    elif outcome.text:
         print(outcome.text)
+    # Failures of the experiment verbs, after what did get done.
+    for error in getattr(outcome, "errors", ()):
+        print(f"chaosctl: {error}", file=sys.stderr)
     return outcome.code
 
 
@@ -182,6 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     url = getattr(args, "nats", None) or default_url()
     lazy = args.command == "fault" and getattr(args, "verb", None) in LAZY_VERBS
     timeout = getattr(args, "timeout", LAZY_TIMEOUT if lazy else 3.0)
+    # How long to wait for the chaos-controller; NATS itself still gets `timeout`.
+    wait = experiments.WAIT_DEFAULTS.get((args.command, getattr(args, "verb", None)))
+    if wait is not None:
+        args.wait_timeout = getattr(args, "timeout", wait)
     as_json = getattr(args, "json", False)
     try:
         if lazy:
