@@ -4,7 +4,9 @@ It starts a nats-server, the template-watcher on a folder of the shipped
 ConfigMaps, the injector over HTTPS with a self-signed certificate, and two
 chaosfs sidecars, each with a small app writing and reading through its mount.
 Then it asks the webhook to mutate a TiKV pod, breaks the fleet's disks with one
-broadcast, recovers, and reads the audit trail. Everything it started is stopped
+broadcast, recovers, and reads the audit trail. Last, it starts the chaos-controller
+and applies a Chaos Mesh v0.9 IoChaos experiment, which faults one of the two pods
+for three seconds and then recovers it on its own. Everything it started is stopped
 and unmounted at the end, also on Ctrl-C or failure; the exit code is non-zero
 if any step did not behave.
 """
@@ -32,6 +34,35 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "admission-webhook.chaos-mesh.org"
 NAMESPACE = "chaos-testing"
+EXPERIMENT = "tikv-io-errno"
+EXPERIMENT_SECONDS = 3.0
+# A Chaos Mesh v0.9 IoChaos, as its users wrote them: errno 5 (EIO) on every write
+# and read of the volume (path "" matches every file), on one pod picked among those
+# the selector matches, for three seconds. Its namespace is "default" because the
+# experiment lives there; the pods it targets are in chaos-testing.
+IO_ERRNO = f"""\
+apiVersion: chaos-mesh.org/v1alpha1
+kind: IoChaos
+metadata:
+  name: {EXPERIMENT}
+  namespace: default
+spec:
+  action: errno
+  errno: "5"
+  mode: one
+  duration: "3s"
+  percent: "100"
+  path: ""
+  layer: fs
+  methods:
+    - write
+    - read
+  selector:
+    namespaces:
+      - {NAMESPACE}
+    labelSelectors:
+      app.kubernetes.io/component: tikv
+"""
 
 
 def free_port() -> int:
@@ -305,16 +336,22 @@ class Demo:
         time.sleep(seconds)
         good = True
         for pod, old in zip(pods, before, strict=True):
-            new = self.app_state(pod)
-            oks, errs = new["ok"] - old["ok"], new["errors"] - old["errors"]
-            if errors:
-                fine = errs > 0 and oks == 0 and new["last_error"] == "EIO"
-                said = f"{errs} operations failed with {new['last_error']}, {oks} succeeded"
-            else:
-                fine = oks > 0 and errs == 0
-                said = f"{oks} writes+reads succeeded, {errs} failed"
-            good &= self.check(fine, f"{pod['name']} app: {said} in {seconds:g}s")
+            good &= self.judge_app(pod, old, errors, seconds)
         return good
+
+    def judge_app(
+        self, pod: dict[str, Any], old: dict[str, Any], errors: bool, seconds: float
+    ) -> bool:
+        """Did the app fail with EIO only (``errors``), or only succeed, since ``old``?"""
+        new = self.app_state(pod)
+        oks, errs = new["ok"] - old["ok"], new["errors"] - old["errors"]
+        if errors:
+            fine = errs > 0 and oks == 0 and new["last_error"] == "EIO"
+            said = f"{errs} operations failed with {new['last_error']}, {oks} succeeded"
+        else:
+            fine = oks > 0 and errs == 0
+            said = f"{oks} writes+reads succeeded, {errs} failed"
+        return self.check(fine, f"{pod['name']} app: {said} in {seconds:.2g}s")
 
     # --- the story ---------------------------------------------------------------------
 
@@ -377,6 +414,111 @@ class Demo:
         if self.check(ok, "the trail holds renderings, the injection, and every rule change"):
             self.facts.append(f"the audit trail recorded {len(kinds.splitlines())} events")
 
+        self.start_controller()
+        self.run_experiment(pods)
+
+    # --- experiments -------------------------------------------------------------------
+
+    def start_controller(self) -> None:
+        self.step("Starting the chaos-controller, which runs declarative experiments")
+        self.spawn(
+            "chaos-controller",
+            str(BIN / "chaos-controller"),
+            "--nats",
+            self.url,
+            "--identity",
+            "demo-controller",
+        )
+
+        # Replicas share a lease and only its holder acts: the controller is ready
+        # once it says, in the audit trail, that it leads.
+        def leading() -> str:
+            done = self.chaosctl("audit", "--kind", "controller.leading", show=False)
+            return done.stdout if "controller.leading" in done.stdout else ""
+
+        said = self.wait(leading, 20, "the chaos-controller to take the lease")
+        print("    $ chaosctl audit --kind controller.leading")
+        for line in said.strip().splitlines():
+            print(f"      {line}")
+        self.check(True, "the chaos-controller holds the lease and leads")
+
+    def experiment_row(self, ref: str) -> dict[str, Any]:
+        """The experiment as ``chaosctl experiments --json`` lists it ({} if it does not)."""
+        done = self.chaosctl("experiments", "--json", show=False)
+        if done.returncode != 0:
+            return {}
+        rows = json.loads(done.stdout or "[]")
+        return next((r for r in rows if r.get("experiment") == ref), {})
+
+    def describe_data(self, ref: str) -> dict[str, Any]:
+        done = self.chaosctl("experiment", "describe", ref, "--json", show=False)
+        return json.loads(done.stdout) if done.returncode == 0 and done.stdout else {}
+
+    def run_experiment(self, pods: list[dict[str, Any]]) -> None:
+        ref = f"default/{EXPERIMENT}"
+        self.step("A Chaos Mesh v0.9 IoChaos experiment: EIO on one TiKV pod for 3s")
+        manifest = self.work / "io-errno.yaml"
+        manifest.write_text(IO_ERRNO)
+        print(f"    {manifest.name}:")
+        for line in IO_ERRNO.splitlines():
+            print(f"      {line}")
+        applied_at = time.time()
+        done = self.chaosctl("apply", "-f", str(manifest), "--wait")
+        if not self.check(done.returncode == 0, "the controller took it and injected it"):
+            return
+        # Watch the apps while the fault holds. The run began after apply did, and
+        # lasts 3 s, so a window that closes 2.6 s after apply began is inside it.
+        since = time.monotonic()
+        before = [self.app_state(p) for p in pods]
+        self.chaosctl("experiments")
+        close = min(time.time() + 1.0, applied_at + EXPERIMENT_SECONDS - 0.4)
+        time.sleep(max(0.0, close - time.time()))
+        seconds = time.monotonic() - since
+        selected = self.experiment_row(ref).get("selected") or []
+        names = [p["name"] for p in pods]
+        one = len(selected) == 1 and selected[0] in names
+        if not self.check(one, f"mode one: the controller picked one of the two pods: {selected}"):
+            return
+        if not self.check(seconds >= 0.25, f"the apps were watched while it held ({seconds:.2g}s)"):
+            return
+        good = True
+        for pod, old in zip(pods, before, strict=True):
+            good &= self.judge_app(pod, old, pod["name"] in selected, seconds)
+        if good:
+            self.facts.append(f"the IoChaos experiment faulted {selected[0]} and only it")
+
+        self.step("Waiting for the experiment to end on its own after 3s")
+        started = time.monotonic()
+        self.wait(
+            lambda: self.experiment_row(ref).get("phase") == "Finished",
+            EXPERIMENT_SECONDS + 15,
+            f"{ref} to finish",
+        )
+        waited = time.monotonic() - started
+        self.check(True, f"{ref} is Finished: recovered when its 3s were up ({waited:.1f}s later)")
+        self.chaosctl("experiments")
+        if self.apps_progress(pods, errors=False):
+            self.facts.append("when the experiment finished, both apps ran cleanly again")
+
+        self.step("Describing the experiment: its pods, and its audit trail")
+
+        def recorded() -> dict[str, Any] | None:
+            data = self.describe_data(ref)
+            seen = {(e.get("kind"), e.get("pod")) for e in data.get("events") or []}
+            per_pod = {(k, selected[0]) for k in ("experiment.injected", "experiment.recovered")}
+            started = any(kind == "experiment.started" for kind, _ in seen)
+            return data if started and per_pod <= seen else None
+
+        data = self.wait(recorded, 15, f"the audit trail of {ref}")
+        self.chaosctl("experiment", "describe", ref)
+        pods_seen = (data.get("status") or {}).get("pods") or {}
+        outcomes = {pod: (record or {}).get("outcome") for pod, record in pods_seen.items()}
+        if self.check(
+            outcomes == {selected[0]: "recovered"},
+            f"its pod record: {selected[0]} injected, then recovered; the other left alone",
+        ):
+            self.facts.append("describe showed the pod's record and the experiment's audit events")
+
     def cleanup(self) -> None:
         self.step("Cleaning up")
         for proc in reversed(self.procs):
@@ -431,7 +573,8 @@ def main() -> int:
         return 1
     print(
         "demo passed: templates rendered and injected, one broadcast broke two disks, "
-        "recover healed them, and the audit trail says so."
+        "recover healed them, the audit trail says so, and an IoChaos experiment "
+        "faulted one pod for 3s and recovered it."
     )
     return 0
 
