@@ -21,6 +21,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("admission_bench.py", "p99"),
         ("lazy_bench.py", "lazy/passthrough"),
         ("bus_bench.py", "sequential / broadcast"),
+        ("experiment_bench.py", "experiment / broadcast"),
     ],
 )
 def test_bench_quick_mode_runs(script, expect):
