@@ -7,15 +7,14 @@ on failure it carries ``error``, a sentence meant for the operator.
 
 from __future__ import annotations
 
-import re
 import signal as _signal
 from dataclasses import dataclass
 from typing import Any
 
-from .globs import GlobError, compile_glob
-from .rules import MAX_RULES, METHOD_SET, FaultRule, RuleError
+from .globs import GlobError, PathPattern, compile_glob
+from .rules import MAX_RULES, METHOD_SET, FaultRule, RuleError, is_rule_id, show
 
-# Lazy mode's one-shot actions (issue 7): they act on unsynced data, not on rules.
+# Lazy mode's one-shot actions: they act on unsynced data, not on rules.
 LAZY_OPS = ("report-unsynced", "lose-unsynced", "torn-write", "power-cut")
 OPS = ("set", "recover", "methods", "injected", "status", "ping", *LAZY_OPS)
 PROTOCOL_VERSION = 1
@@ -36,7 +35,7 @@ def error(pod: str, message: str) -> dict[str, Any]:
 def _only(command: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(str(k) for k in set(command) - allowed - {"op", "target", "actor"})
     if unknown:
-        raise CommandError(f"unknown field(s) for op {command['op']!r}: {', '.join(unknown)}")
+        raise CommandError(f"unknown field(s) for op {show(command['op'])}: {', '.join(unknown)}")
 
 
 def parse_rules(command: dict[str, Any]) -> list[FaultRule]:
@@ -58,23 +57,40 @@ def parse_rules(command: dict[str, Any]) -> list[FaultRule]:
     return rules
 
 
-def parse_recover(command: dict[str, Any]) -> tuple[str, str | None]:
-    """Return ("all", None), ("id", ID) or ("method", NAME)."""
-    _only(command, {"id", "method", "all"})
-    given = [k for k in ("id", "method", "all") if k in command]
+def parse_recover(command: dict[str, Any]) -> tuple[str, Any]:
+    """Return ("all", None), ("id", ID), ("method", NAME) or ("ids", [ID, ...]).
+
+    ``ids`` recovers several rules in one command (an experiment's rules, say);
+    a sidecar holding only some of them recovers those and is not in error.
+    """
+    _only(command, {"id", "method", "all", "ids"})
+    given = [k for k in ("id", "method", "all", "ids") if k in command]
     if len(given) != 1:
-        raise CommandError("recover needs exactly one of id, method or all")
+        raise CommandError("recover needs exactly one of id, ids, method or all")
     key = given[0]
     value = command[key]
     if key == "all":
         if value is not True:
             raise CommandError("recover all must be true")
         return "all", None
+    if key == "ids":
+        return "ids", _rule_ids(value)
     if not isinstance(value, str) or not value:
         raise CommandError(f"recover {key} must be a non-empty string")
     if key == "method" and value not in METHOD_SET:
-        raise CommandError(f"unknown method {value!r}")
+        raise CommandError(f"unknown method {show(value)}")
     return key, value
+
+
+def _rule_ids(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise CommandError("recover ids must be a non-empty list of rule ids")
+    if len(value) > MAX_RULES:
+        raise CommandError(f"recover ids may list at most {MAX_RULES} rule ids, got {len(value)}")
+    for item in value:
+        if not is_rule_id(item):
+            raise CommandError(f"recover ids: {show(item)} is not a rule id")
+    return list(dict.fromkeys(value))  # each once, in the order given
 
 
 MAX_SEED_LENGTH = 256
@@ -94,7 +110,7 @@ class LazyAction:
 
     op: str
     path: str
-    path_regex: re.Pattern[str]
+    path_regex: PathPattern
     metadata: bool
     seed: int | str | None
     keep: int | None
@@ -107,11 +123,13 @@ def parse_lazy(command: dict[str, Any]) -> LazyAction:
     """Check a report-unsynced, lose-unsynced, torn-write or power-cut command."""
     op = command.get("op")
     if op not in LAZY_OPS:
-        raise CommandError(f"{op!r} is not a lazy-mode op; expected one of {', '.join(LAZY_OPS)}")
+        raise CommandError(
+            f"{show(op)} is not a lazy-mode op; expected one of {', '.join(LAZY_OPS)}"
+        )
     _only(command, _LAZY_FIELDS[op])
     path = command.get("path", "**")
     if not isinstance(path, str):
-        raise CommandError(f"path must be a glob string, got {path!r}")
+        raise CommandError(f"path must be a glob string, got {show(path)}")
     try:
         path_regex = compile_glob(path)
     except GlobError as exc:
@@ -120,7 +138,7 @@ def parse_lazy(command: dict[str, Any]) -> LazyAction:
     whole_writes = command.get("whole_writes", False)
     for name, value in (("metadata", metadata), ("whole_writes", whole_writes)):
         if not isinstance(value, bool):
-            raise CommandError(f"{name} must be true or false, got {value!r}")
+            raise CommandError(f"{name} must be true or false, got {show(value)}")
     seed, keep = command.get("seed"), command.get("keep")
     if op == "torn-write":
         if (seed is None) == (keep is None):
@@ -132,7 +150,9 @@ def parse_lazy(command: dict[str, Any]) -> LazyAction:
         if keep is not None and (
             isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= MAX_KEEP
         ):
-            raise CommandError(f"keep must be a number of bytes from 0 to {MAX_KEEP}, got {keep!r}")
+            raise CommandError(
+                f"keep must be a number of bytes from 0 to {MAX_KEEP}, got {show(keep)}"
+            )
     align = command.get("align", 1)
     if (
         isinstance(align, bool)
@@ -141,7 +161,7 @@ def parse_lazy(command: dict[str, Any]) -> LazyAction:
         or align & (align - 1)
     ):
         raise CommandError(
-            f"align must be a power of two from 1 to {MAX_ALIGN} (1 MiB), got {align!r}"
+            f"align must be a power of two from 1 to {MAX_ALIGN} (1 MiB), got {show(align)}"
         )
     return LazyAction(
         op=op,
@@ -164,14 +184,15 @@ def _seed(value: Any) -> int | str:
             )
         return value
     if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**64:
-        raise CommandError(f"seed must be a whole number or a string, got {value!r}")
+        raise CommandError(f"seed must be a whole number or a string, got {show(value)}")
     return value
 
 
 def _signal_number(value: Any) -> int:
     """KILL, SIGKILL, kill, 9 or "9": the signal's number on this system."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    text = value.strip() if isinstance(value, str) else ""
+    if text.isascii() and text.isdigit() and len(text) <= 3:  # int() of huge text is slow
+        value = int(text)
     if isinstance(value, bool):
         pass
     elif isinstance(value, int):
@@ -185,18 +206,24 @@ def _signal_number(value: Any) -> int:
         if member is not None:
             return int(member)
     raise CommandError(
-        f"signal must be a name like KILL or TERM or a number from 1 to 64, got {value!r}"
+        f"signal must be a name like KILL or TERM or a number from 1 to 64, got {show(value)}"
     )
 
 
+MAX_TARGET_NAMES = 100_000
+# "namespace/name": Kubernetes caps each of the two names at 253 characters.
+MAX_POD_REF_LENGTH = 507
+
+
 class Target:
-    """Which sidecars a fleet command is for. Empty fields match everything."""
+    """Which sidecars a fleet command is for. Empty fields match everything;
+    the fields given must all match (namespaces, selector, pods and names)."""
 
     def __init__(self, raw: Any) -> None:
         raw = raw or {}
         if not isinstance(raw, dict):
             raise CommandError("target must be a map")
-        unknown = sorted(str(k) for k in set(raw) - {"namespaces", "pods", "selector"})
+        unknown = sorted(str(k) for k in set(raw) - {"namespaces", "pods", "selector", "names"})
         if unknown:
             raise CommandError(f"unknown target field(s): {', '.join(unknown)}")
         namespaces = raw.get("namespaces") or []
@@ -216,10 +243,42 @@ class Target:
             raise CommandError(str(exc)) from None
         self.namespaces = frozenset(namespaces)
         self.selector = dict(selector)
+        self.names = _pod_refs(raw.get("names"))
 
     def matches(self, namespace: str, name: str, labels: dict[str, str]) -> bool:
+        if self.names is not None and f"{namespace}/{name}" not in self.names:
+            return False
         if self.namespaces and namespace not in self.namespaces:
             return False
         if any(labels.get(k) != v for k, v in self.selector.items()):
             return False
         return bool(self._pods.match(name))
+
+
+def _pod_refs(value: Any) -> frozenset[str] | None:
+    """``target.names``: exactly these pods ("namespace/name"); None when not given.
+
+    An empty list is refused rather than read as "every pod": a controller whose
+    selection came out empty must not reach the whole fleet by accident.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise CommandError('target names must be a non-empty list of "namespace/name" pod refs')
+    if len(value) > MAX_TARGET_NAMES:
+        raise CommandError(
+            f"target names may list at most {MAX_TARGET_NAMES} pods, got {len(value)}"
+        )
+    for ref in value:
+        if (
+            not isinstance(ref, str)
+            or not 3 <= len(ref) <= MAX_POD_REF_LENGTH
+            or ref.count("/") != 1
+            or ref[0] == "/"
+            or ref[-1] == "/"
+        ):
+            raise CommandError(
+                f'target names: {show(ref)} is not a "namespace/name" pod ref '
+                f"of at most {MAX_POD_REF_LENGTH} characters"
+            )
+    return frozenset(value)

@@ -9,15 +9,17 @@ into a sidecar's rule set.
 from __future__ import annotations
 
 import errno as errno_mod
+import math
 import re
+import reprlib
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .globs import GlobError, compile_glob
+from .globs import GlobError, PathPattern, compile_glob, compile_path_regex
 
-# The seed's Injure service knew these 31 method names; chaos experiments written
+# Chaos Mesh v0.9's Injure service knew these 31 method names; chaos experiments written
 # for it keep working unchanged.
 SEED_METHODS = (
     "open",
@@ -95,7 +97,7 @@ KINDS = {
 }
 FILLINGS = ("zero", "random")
 
-# What the seed's "random" errno picks from: failures a sick disk really returns.
+# What Chaos Mesh v0.9's "random" errno picks from: failures a sick disk really returns.
 RANDOM_ERRNOS = (
     errno_mod.EIO,
     errno_mod.ENOSPC,
@@ -120,6 +122,7 @@ _FIELDS = frozenset(
         "jitter",
         "methods",
         "path",
+        "path_regex",
         "percent",
         "attr",
         "filling",
@@ -144,10 +147,37 @@ class RuleError(ValueError):
     """A rule (or a command carrying rules) is invalid; the message says why."""
 
 
+# Values from the network are quoted in error messages through this: short, one
+# line, and safe for a value nested a thousand levels deep (repr() would raise
+# RecursionError there, turning a refusal into an internal error).
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel = 3
+_SHOW.maxstring = 80
+_SHOW.maxother = 80
+
+
+def show(value: Any) -> str:
+    """A value quoted for an error message."""
+    return _SHOW.repr(value)
+
+
+def finite(name: str, value: Any, what: str = "a number") -> float:
+    """A real number that is neither NaN nor infinite.
+
+    NaN slips through range checks (every comparison with it is false), and an
+    expiry of NaN or infinity makes the sidecar's expiry timer spin.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RuleError(f"{name} must be {what}, got {show(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RuleError(f"{name} must be a finite number, got {value}")
+    return float(value)
+
+
 def parse_errno(value: Any) -> int:
     """An errno given by name ("EIO", "eio") or by number (5)."""
     if isinstance(value, bool):
-        raise RuleError(f"errno must be a name like EIO or a positive number, got {value!r}")
+        raise RuleError(f"errno must be a name like EIO or a positive number, got {show(value)}")
     if isinstance(value, int):
         if value <= 0 or value not in errno_mod.errorcode:
             raise RuleError(f"errno {value} is not a known positive errno number")
@@ -156,9 +186,9 @@ def parse_errno(value: Any) -> int:
         name = value.strip().upper()
         number = getattr(errno_mod, name, None) if name.startswith("E") else None
         if not isinstance(number, int) or number <= 0:
-            raise RuleError(f"unknown errno name {value!r}")
+            raise RuleError(f"unknown errno name {show(value)}")
         return number
-    raise RuleError(f"errno must be a name like EIO or a positive number, got {value!r}")
+    raise RuleError(f"errno must be a name like EIO or a positive number, got {show(value)}")
 
 
 def _errnos(value: Any) -> tuple[int, ...]:
@@ -174,8 +204,7 @@ def _errnos(value: Any) -> tuple[int, ...]:
 
 
 def _seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RuleError(f"{name} must be a number of seconds, got {value!r}")
+    value = finite(name, value, "a number of seconds")
     if not 0 <= value <= MAX_DELAY_SECONDS:
         raise RuleError(f"{name} must be between 0 and {MAX_DELAY_SECONDS:g} seconds, got {value}")
     return float(value)
@@ -183,7 +212,7 @@ def _seconds(name: str, value: Any) -> float:
 
 def _methods(value: Any) -> frozenset[str]:
     if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
-        raise RuleError(f"methods must be a list of method names, got {value!r}")
+        raise RuleError(f"methods must be a list of method names, got {show(value)}")
     unknown = sorted(set(value) - METHOD_SET)
     if unknown:
         raise RuleError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
@@ -192,15 +221,14 @@ def _methods(value: Any) -> frozenset[str]:
 
 def _count(name: str, value: Any, *, minimum: int = 0, maximum: int = 2**62) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RuleError(f"{name} must be a whole number, got {value!r}")
+        raise RuleError(f"{name} must be a whole number, got {show(value)}")
     if not minimum <= value <= maximum:
         raise RuleError(f"{name} must be from {minimum} to {maximum}, got {value}")
     return value
 
 
 def _time_ns(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RuleError(f"attr {name} must be seconds since the epoch, got {value!r}")
+    value = finite(f"attr {name}", value, "seconds since the epoch")
     if not 0 <= value < 2**33:
         raise RuleError(f"attr {name} is out of range: {value}")
     return int(value * 1_000_000_000)
@@ -218,8 +246,8 @@ def _attrs(value: Any) -> tuple[tuple[str, int], ...]:
     out: list[tuple[str, int]] = []
     for name, raw in sorted(value.items()):
         if name == "kind":
-            if raw not in KINDS:
-                raise RuleError(f"attr kind must be one of {', '.join(KINDS)}, got {raw!r}")
+            if not isinstance(raw, str) or raw not in KINDS:
+                raise RuleError(f"attr kind must be one of {', '.join(KINDS)}, got {show(raw)}")
             out.append((name, KINDS[raw]))
         elif name in ("atime", "mtime", "ctime"):
             out.append((name, _time_ns(name, raw)))
@@ -234,6 +262,10 @@ def _attrs(value: Any) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+def is_rule_id(value: Any) -> bool:
+    return isinstance(value, str) and _ID.match(value) is not None
+
+
 def new_rule_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -246,7 +278,8 @@ class FaultRule:
     delay: float = 0.0
     jitter: float = 0.0
     methods: frozenset[str] = frozenset()  # empty: every method
-    path: str = "**"
+    path: str = "**"  # the glob; "" when the rule has a path regex instead
+    regex: str | None = None  # the wire's path_regex, as given
     percent: float = 100.0
     # attr: st_* overrides; mistake: how to corrupt; short: bytes to move (None: random).
     attrs: tuple[tuple[str, int], ...] = ()
@@ -265,7 +298,9 @@ class FaultRule:
     caller_comm: str | None = None
     seed: int | None = None
     dry_run: bool = False
-    path_regex: re.Pattern[str] = field(default=compile_glob("**"), compare=False, repr=False)
+    # What matches paths, compiled from path or regex: ``path_regex.match(p)`` is
+    # not None iff the rule covers p (relative to the mount root, no leading slash).
+    path_regex: PathPattern = field(default=compile_glob("**"), compare=False, repr=False)
 
     @classmethod
     def from_wire(cls, data: Any, *, now: float | None = None) -> FaultRule:
@@ -280,11 +315,11 @@ class FaultRule:
         if not isinstance(rule_id, str) or not _ID.match(rule_id):
             raise RuleError(
                 f"rule id must be 1-64 characters of letters, digits, '_', '.', ':', '-', "
-                f"got {rule_id!r}"
+                f"got {show(rule_id)}"
             )
         action = data.get("action")
         if action not in ACTIONS:
-            raise RuleError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+            raise RuleError(f"action must be one of {', '.join(ACTIONS)}, got {show(action)}")
         fields: dict[str, Any] = {"id": rule_id, "action": action}
         _only_for(data, action, "errno", ("errno", "mixed", "enospc"))
         _only_for(data, action, "delay", ("latency", "mixed"))
@@ -311,7 +346,7 @@ class FaultRule:
         if action == "mistake":
             filling = data.get("filling", "zero")
             if filling not in FILLINGS:
-                raise RuleError(f"filling must be zero or random, got {filling!r}")
+                raise RuleError(f"filling must be zero or random, got {show(filling)}")
             fields["filling"] = filling
             fields["max_occurrences"] = _count(
                 "max_occurrences", data.get("max_occurrences", 1), minimum=1, maximum=1 << 20
@@ -348,17 +383,8 @@ class FaultRule:
             )
         fields["methods"] = methods
 
-        path = data.get("path", "**")
-        if not isinstance(path, str):
-            raise RuleError(f"path must be a glob string, got {path!r}")
-        try:
-            fields["path_regex"] = compile_glob(path)
-        except GlobError as exc:
-            raise RuleError(str(exc)) from None
-        fields["path"] = path
-        percent = data.get("percent", 100)
-        if isinstance(percent, bool) or not isinstance(percent, int | float):
-            raise RuleError(f"percent must be a number from 0 to 100, got {percent!r}")
+        _paths(data, fields)
+        percent = finite("percent", data.get("percent", 100), "a number from 0 to 100")
         if not 0 <= percent <= 100:
             raise RuleError(f"percent must be from 0 to 100, got {percent}")
         fields["percent"] = float(percent)
@@ -384,7 +410,10 @@ class FaultRule:
         if self.action == "enospc":
             out["quota"] = self.quota
         out["methods"] = sorted(self.methods)
-        out["path"] = self.path
+        if self.regex is not None:
+            out["path_regex"] = self.regex
+        else:
+            out["path"] = self.path
         out["percent"] = self.percent
         for name in ("count", "expires_at", "caller_pid", "caller_uid", "caller_comm", "seed"):
             value = getattr(self, name)
@@ -408,6 +437,31 @@ class FaultRule:
         )
 
 
+def _paths(data: dict[str, Any], fields: dict[str, Any]) -> None:
+    """A rule's paths: a glob (``path``) or a Chaos Mesh v0.9 style regex, not both."""
+    if data.get("path_regex") is not None:
+        if data.get("path") is not None:
+            raise RuleError("give either path (a glob) or path_regex, not both")
+        regex = data["path_regex"]
+        if not isinstance(regex, str):
+            raise RuleError(f"path_regex must be a regular expression string, got {show(regex)}")
+        try:
+            fields["path_regex"] = compile_path_regex(regex)
+        except GlobError as exc:
+            raise RuleError(str(exc)) from None
+        fields["regex"] = regex
+        fields["path"] = ""
+        return
+    path = data.get("path", "**")
+    if not isinstance(path, str):
+        raise RuleError(f"path must be a glob string, got {show(path)}")
+    try:
+        fields["path_regex"] = compile_glob(path)
+    except GlobError as exc:
+        raise RuleError(str(exc)) from None
+    fields["path"] = path
+
+
 def _only_for(data: dict[str, Any], action: str, name: str, actions: tuple[str, ...]) -> None:
     if name in data and action not in actions:
         raise RuleError(f"{name} only applies to the {' and '.join(actions)} action(s)")
@@ -429,28 +483,32 @@ def _triggers(data: dict[str, Any], fields: dict[str, Any], now: float | None) -
     if data.get("ttl") is not None and data.get("expires_at") is not None:
         raise RuleError("give either ttl or expires_at, not both")
     if data.get("ttl") is not None:
-        ttl = data["ttl"]
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
-            raise RuleError(f"ttl must be a positive number of seconds, got {ttl!r}")
+        ttl = finite("ttl", data["ttl"], "a positive number of seconds")
+        if ttl <= 0:
+            raise RuleError(f"ttl must be a positive number of seconds, got {data['ttl']!r}")
         if ttl > MAX_TTL_SECONDS:
             raise RuleError(f"ttl may be at most {MAX_TTL_SECONDS:g} seconds")
-        fields["expires_at"] = (time.time() if now is None else now) + float(ttl)
+        fields["expires_at"] = (time.time() if now is None else now) + ttl
     elif data.get("expires_at") is not None:
-        expires = data["expires_at"]
-        if isinstance(expires, bool) or not isinstance(expires, int | float) or expires <= 0:
-            raise RuleError(f"expires_at must be seconds since the epoch, got {expires!r}")
-        fields["expires_at"] = float(expires)
+        expires = finite("expires_at", data["expires_at"], "seconds since the epoch")
+        if expires <= 0:
+            raise RuleError(
+                f"expires_at must be seconds since the epoch, got {data['expires_at']!r}"
+            )
+        fields["expires_at"] = expires
     for name in ("caller_pid", "caller_uid"):
         if data.get(name) is not None:
             fields[name] = _count(name, data[name], maximum=2**32 - 1)
     if data.get("caller_comm") is not None:
         comm = data["caller_comm"]
         if not isinstance(comm, str) or not _COMM.match(comm):
-            raise RuleError(f"caller_comm must be a process name of 1-15 characters, got {comm!r}")
+            raise RuleError(
+                f"caller_comm must be a process name of 1-15 characters, got {show(comm)}"
+            )
         fields["caller_comm"] = comm
     if data.get("seed") is not None:
         fields["seed"] = _count("seed", data["seed"], maximum=2**63 - 1)
     dry_run = data.get("dry_run", False)
     if not isinstance(dry_run, bool):
-        raise RuleError(f"dry_run must be true or false, got {dry_run!r}")
+        raise RuleError(f"dry_run must be true or false, got {show(dry_run)}")
     fields["dry_run"] = dry_run

@@ -25,7 +25,7 @@ from . import commands, experiments, output
 from .auditlog import events
 from .client import Refused, Session, Unreachable
 from .commands import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, Outcome
-from .rulespec import UsageError, add_lazy_flags, add_rule_flags
+from .rulespec import UsageError, add_lazy_flags, add_rule_flags, rule_from_args
 
 # Lazy-mode actions may write back or kill processes (power-cut waits up to 5 s
 # for them to die), so they wait longer for answers unless --timeout says otherwise.
@@ -255,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if lazy:
             commands.lazy_command(args)  # a bad command line is told before connecting
+        elif args.command == "fault" and args.verb in ("set", "broadcast"):
+            rule_from_args(args)  # likewise a bad rule (the handler builds it again)
         return asyncio.run(_run(args, url, timeout, as_json))
     except (UsageError, ValueError) as exc:
         print(f"chaosctl: {exc}", file=sys.stderr)

@@ -19,6 +19,7 @@ _SHOWN = {
     "jitter",
     "methods",
     "path",
+    "path_regex",
     "percent",
     "attr",
     "expires_at",
@@ -36,7 +37,10 @@ def describe_rule(rule: dict[str, Any]) -> str:
         if rule.get("jitter"):
             parts.append(f"jitter={format_duration(rule['jitter'])}")
     parts.append("methods=" + (",".join(rule["methods"]) or "all"))
-    parts.append(f"path={rule['path']}")
+    if "path_regex" in rule:
+        parts.append(f"path_regex={rule['path_regex']}")
+    else:
+        parts.append(f"path={rule['path']}")
     if rule.get("percent", 100) != 100:
         parts.append(f"percent={rule['percent']:g}")
     if "attr" in rule:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import re
 import time
 from typing import Any
 
 from chaosbus.durations import parse_duration
-from chaosbus.rules import ACTIONS, FaultRule, RuleError, new_rule_id
+from chaosbus.rules import ACTIONS, MAX_TTL_SECONDS, FaultRule, RuleError, new_rule_id
 from chaosbus.sizes import parse_size
 
 
@@ -20,10 +21,15 @@ class UsageError(ValueError):
 def add_rule_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--action", required=True, choices=ACTIONS)
     p.add_argument("--errno", help="EIO, 5, a comma list to pick from at random, or random")
-    p.add_argument("--delay", type=parse_duration, help="latency, such as 100ms")
-    p.add_argument("--jitter", type=parse_duration, help="extra random latency up to this")
+    p.add_argument("--delay", type=duration, help="latency, such as 100ms")
+    p.add_argument("--jitter", type=duration, help="extra random latency up to this")
     p.add_argument("--methods", help="comma-separated operations (default: all)")
-    p.add_argument("--path", help="glob relative to the mount root; ** spans directories")
+    paths = p.add_mutually_exclusive_group()
+    paths.add_argument("--path", help="glob relative to the mount root; ** spans directories")
+    paths.add_argument(
+        "--path-regex",
+        help='RE2 regex searched anywhere in "/" + the path (Chaos Mesh v0.9 IoChaos path)',
+    )
     p.add_argument("--percent", type=float, help="share of matching operations hit (100)")
     p.add_argument("--id", help="rule id (default: generated)")
     p.add_argument("--attr", type=parse_attrs, help="attr: overrides, e.g. size=123,mode=0600")
@@ -35,7 +41,7 @@ def add_rule_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, help="fire on at most N operations")
     p.add_argument("--after", type=int, help="let the first K matching operations pass")
     expiry = p.add_mutually_exclusive_group()
-    expiry.add_argument("--ttl", type=parse_duration, help="the sidecar drops the rule after this")
+    expiry.add_argument("--ttl", type=duration, help="the sidecar drops the rule after this")
     expiry.add_argument("--expires-at", type=parse_time, help="absolute expiry (ISO 8601 or epoch)")
     p.add_argument("--caller-pid", type=int, help="only operations by this process id")
     p.add_argument("--caller-uid", type=int, help="only operations by this user id")
@@ -84,6 +90,38 @@ def parse_attrs(text: str) -> dict[str, Any]:
     return out
 
 
+def duration(text: str) -> float:
+    """A duration flag. "nan" and "inf" come back as such, for ``check_numbers`` to
+    refuse in one line rather than argparse in a screenful of usage."""
+    try:
+        value = float(text)
+    except ValueError:
+        return parse_duration(text)
+    return value if not math.isfinite(value) else parse_duration(text)
+
+
+# Numeric flags (attribute name, flag) that must be finite: NaN passes every range
+# check, and a NaN or infinite expiry makes the sidecar's expiry timer spin.
+_FINITE = (
+    ("delay", "--delay"),
+    ("jitter", "--jitter"),
+    ("percent", "--percent"),
+    ("ttl", "--ttl"),
+    ("expires_at", "--expires-at"),
+)
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Refuse NaN and infinities in rule flags; needs no connection, so it can run first."""
+    for name, flag in _FINITE:
+        value = getattr(args, name, None)
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"invalid rule: {flag} must be a finite number, got {value}")
+    for name, value in (getattr(args, "attr", None) or {}).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"invalid rule: --attr {name} must be a finite number, got {value}")
+
+
 def parse_time(text: str) -> float:
     try:
         return float(text)
@@ -103,6 +141,7 @@ def rule_from_args(args: argparse.Namespace) -> dict[str, Any]:
     The id is fixed now and a ttl becomes an absolute expiry, so that the command
     and the desired state recorded for it describe the very same rule.
     """
+    check_numbers(args)
     rule: dict[str, Any] = {"action": args.action, "id": args.id or new_rule_id()}
     if args.errno is not None:
         parts = [p.strip() for p in args.errno.split(",") if p.strip()]
@@ -116,6 +155,8 @@ def rule_from_args(args: argparse.Namespace) -> dict[str, Any]:
         rule["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.path is not None:
         rule["path"] = args.path
+    if args.path_regex is not None:
+        rule["path_regex"] = args.path_regex
     if args.percent is not None:
         rule["percent"] = args.percent
     for name in _PASSED_THROUGH:
@@ -125,6 +166,8 @@ def rule_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.ttl is not None:
         if args.ttl <= 0:
             raise UsageError("invalid rule: ttl must be a positive number of seconds")
+        if args.ttl > MAX_TTL_SECONDS:
+            raise UsageError(f"invalid rule: ttl may be at most {MAX_TTL_SECONDS:g} seconds")
         rule["expires_at"] = time.time() + args.ttl
     if args.dry_run:
         rule["dry_run"] = True

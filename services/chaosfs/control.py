@@ -454,13 +454,12 @@ class BusControl:
             how, value = protocol.parse_recover(command)
             if how == "all":
                 gone = engine.recover_all()
-            elif how == "ids":
-                # An experiment's rules, all at once; a pod that lacks some says nothing.
-                gone = [r for rule_id in value or [] for r in engine.recover_id(rule_id)]
             elif how == "id":
                 gone = engine.recover_id(value or "")
                 if not gone and not fleet:  # a fleet recover also reaches pods without it
                     raise protocol.CommandError(f"no rule with id {value!r}")
+            elif how == "ids":  # an experiment's rules: recover those held, no error for others
+                gone = engine.recover_ids(value)
             else:
                 gone = engine.recover_method(value or "")
             self._rules_changed()

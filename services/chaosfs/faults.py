@@ -14,12 +14,14 @@ import collections
 import dataclasses
 import errno as errno_mod
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import re2
+
+from chaosbus.globs import compile_re2, encode
 from chaosbus.rules import MAX_RULES, METHOD_SET, METHODS, FaultRule, RuleError
 
 from .inodes import Inode, InodeTable
@@ -54,11 +56,16 @@ class RuleSet:
     by_method: dict[str, tuple[FaultRule, ...]] = field(default_factory=dict)
     quotas: tuple[FaultRule, ...] = ()
     attr_rules: tuple[FaultRule, ...] = ()
-    # Matches a path iff some rule's glob does: one C-level match settles the
-    # common case (no rule covers the path) instead of a Python loop over all rules.
-    any_path: re.Pattern[str] | None = None
-    # Each rule's glob up to its first wildcard: a path below a directory that none
-    # of them is prefix-compatible with cannot match any rule (see FaultEngine.below).
+    # RE2 patterns that fullmatch "/" + path iff some rule's glob or path regex
+    # covers path: a match or a few (linear in the path, whatever the patterns)
+    # settle the common case, no rule covers the path, instead of a Python loop
+    # over all rules. Several, each joining rules up to a program size, because
+    # RE2's fast DFA gives up on one huge join of hostile patterns and falls back
+    # to a matcher that is linear but slow (tens of ms for 1024 "*a*a..." globs).
+    any_path: tuple[Any, ...] = ()
+    # Each glob up to its first wildcard ("" for a path regex, which may match
+    # anywhere): a path below a directory that none of them is prefix-compatible
+    # with cannot match any rule (see FaultEngine.below).
     prefixes: tuple[str, ...] = ()
 
     @classmethod
@@ -66,20 +73,49 @@ class RuleSet:
         by_method = {m: tuple(r for r in rules if r.applies_to(m)) for m in METHODS}
         quotas = tuple(r for r in rules if r.action == "enospc" and not r.dry_run)
         attr_rules = tuple(r for r in rules if r.action == "attr" and not r.dry_run)
-        any_path = None
-        if rules:
-            any_path = re.compile("|".join(f"(?:{r.path_regex.pattern})" for r in rules), re.DOTALL)
+        any_path = _combine(rules)
         by_method = {m: rs for m, rs in by_method.items() if rs}
-        prefixes = tuple(sorted({_literal_prefix(r.path) for r in rules}))
+        prefixes = tuple(sorted({_reach(r) for r in rules}))
         return cls(version, rules, by_method, quotas, attr_rules, any_path, prefixes)
 
     def covers(self, path: str) -> bool:
-        """False only if no rule's glob matches ``path`` (then no rule applies)."""
-        return self.any_path is not None and self.any_path.match(path) is not None
+        """False only if no rule's path matches ``path`` (then no rule applies)."""
+        return self.covers_encoded(encode(path))
+
+    def covers_encoded(self, data: bytes) -> bool:
+        """``covers`` for a path already passed through ``chaosbus.globs.encode``."""
+        rooted = b"/" + data
+        return any(rx.fullmatch(rooted) is not None for rx in self.any_path)
 
 
-def _literal_prefix(glob: str) -> str:
-    glob = glob.strip("/")
+JOIN_PROGRAM_SIZE = 16_000  # RE2 program size of one join of rules' paths
+
+
+def _combine(rules: tuple[FaultRule, ...]) -> tuple[Any, ...]:
+    """RE2 patterns that together cover exactly what the rules' paths cover."""
+    sizes = {r.path_regex.rooted: r.path_regex.size for r in rules}  # each path once
+    groups: list[list[str]] = []
+    total = 0
+    for rooted, size in sizes.items():
+        if not groups or total + size > JOIN_PROGRAM_SIZE:
+            groups.append([])
+            total = 0
+        groups[-1].append(rooted)
+        total += size
+    out = []
+    for group in groups:
+        try:
+            out.append(compile_re2("|".join(f"(?:{a})" for a in group)))
+        except re2.error:  # two path regexes naming a group alike, say: one by one
+            out.extend(compile_re2(a) for a in group)
+    return tuple(out)
+
+
+def _reach(rule: FaultRule) -> str:
+    """A prefix of every path the rule can match below the mount root."""
+    if rule.regex is not None:
+        return ""  # a regex can match anywhere; reading its literal prefix is not worth the risk
+    glob = rule.path.strip("/")
     cut = min((i for i in (glob.find(c) for c in "*?[") if i >= 0), default=len(glob))
     return glob[:cut]
 
@@ -179,8 +215,8 @@ class FaultEngine:
         if hits is None:
             if inode.parent is not None and not self.below(inode.parent):
                 hits = ()
-            elif rules.covers(path := self.table.path(inode)):
-                hits = tuple(r for r in candidates if r.path_regex.match(path))
+            elif rules.covers_encoded(data := encode(self.table.path(inode))):
+                hits = tuple(r for r in candidates if r.path_regex.hit(data))
             else:
                 hits = ()
             per_method[method] = hits
@@ -196,13 +232,14 @@ class FaultEngine:
         if not candidates or not self.below(parent):
             return None
         path = self.table.child_path(parent, name)
-        if not self.rules.covers(path):
+        data = encode(path)
+        if not self.rules.covers_encoded(data):
             return None
-        hits = tuple(r for r in candidates if r.path_regex.match(path))
+        hits = tuple(r for r in candidates if r.path_regex.hit(data))
         return self._decide(method, hits, pid, uid, None, path) if hits else None
 
     def below(self, directory: Inode) -> bool:
-        """Whether some rule's glob may match a path below ``directory``.
+        """Whether some rule's path may match a path below ``directory``.
 
         Remembered per directory until the rules or the tree change: creating,
         looking up and removing files in a directory no rule reaches then costs a
@@ -225,10 +262,10 @@ class FaultEngine:
             return False
         if inode.parent is not None and not self.below(inode.parent):
             return False
-        path = self.table.path(inode)
-        if not self.rules.covers(path):
+        data = encode(self.table.path(inode))
+        if not self.rules.covers_encoded(data):
             return False
-        return any(r.path_regex.match(path) for r in candidates)
+        return any(r.path_regex.hit(data) for r in candidates)
 
     def attrs_faulted(self, inode: Inode) -> bool:
         """Whether an attr rule covers this inode, so the kernel must not cache its attributes."""
@@ -236,8 +273,8 @@ class FaultEngine:
         memo = self._memo(inode, rules)
         hit = memo.get("(attr)")
         if hit is None:
-            path = self.table.path(inode)
-            hit = tuple(r for r in rules.attr_rules if r.path_regex.match(path))
+            data = encode(self.table.path(inode))
+            hit = tuple(r for r in rules.attr_rules if r.path_regex.hit(data))
             memo["(attr)"] = hit
         return bool(hit)
 
@@ -387,13 +424,22 @@ class FaultEngine:
             self._publish(tuple(r for r in self.rules.rules if r.id != rule_id))
         return gone
 
+    def recover_ids(self, rule_ids: list[str]) -> list[FaultRule]:
+        """Drop the rules with these ids, in one rule-set swap; ids not held are no error
+        (an experiment's recover reaches every pod it selected, whatever each holds)."""
+        wanted = set(rule_ids)
+        gone = [r for r in self.rules.rules if r.id in wanted]
+        if gone:
+            self._publish(tuple(r for r in self.rules.rules if r.id not in wanted))
+        return gone
+
     def recover_all(self) -> list[FaultRule]:
         gone = list(self.rules.rules)
         self._publish(())
         return gone
 
     def recover_method(self, method: str) -> list[FaultRule]:
-        """The seed's RecoverMethod: stop faulting ``method``, keep the rest of each rule."""
+        """Chaos Mesh v0.9's RecoverMethod: stop faulting ``method``, keep the rest of each rule."""
         kept: list[FaultRule] = []
         touched: list[FaultRule] = []
         for rule in self.rules.rules:
