@@ -12,6 +12,11 @@ from typing import Any
 import msgpack
 
 MAX_COMMAND_BYTES = 64 * 1024
+# Deeper than any message or stored entry chaosbus writes (an experiment's manifest
+# is capped at 64 levels before it is stored); code that walks a decoded value
+# recursively (repr, json, comparisons) would hit Python's recursion limit near
+# 1,000 levels, which msgpack itself lets through.
+MAX_DEPTH = 100
 
 
 class DecodeError(ValueError):
@@ -40,7 +45,21 @@ def decode(payload: bytes, *, limit: int = MAX_COMMAND_BYTES) -> dict[str, Any]:
         raise DecodeError(f"payload is not valid msgpack: {exc}") from None
     if not isinstance(value, dict):
         raise DecodeError(f"payload must be a msgpack map, got {type(value).__name__}")
+    _check_depth(value)
     return value
+
+
+def _check_depth(value: Any) -> None:
+    """Refuse values nested deeper than MAX_DEPTH, without recursing to find out."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise DecodeError(f"payload is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
