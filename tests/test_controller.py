@@ -7,11 +7,11 @@ files fail, the experiment's status and its audit trail.
 from __future__ import annotations
 
 import errno
+import itertools
 import time
 from pathlib import Path
 
 import pytest
-
 from controller_helpers import (
     Controller,
     audit,
@@ -22,7 +22,8 @@ from controller_helpers import (
     status,
     wait_status,
 )
-from conftest import wait_for
+
+from conftest import chaosctl, wait_for
 
 
 def faulted(sc) -> bool:
@@ -112,7 +113,7 @@ def test_duration_recovers_on_time_and_schedule_repeats_without_overlap(
     assert len(started) >= 3 and len(recovered) >= 2
     # Chaos Mesh's cron library rounds @every ticks to whole seconds: the first gap
     # may be shorter than 2 s, none may be longer than 2 s plus a little.
-    for first, second in zip(started, started[1:], strict=False):
+    for first, second in itertools.pairwise(started):
         assert 1.0 <= second["time"] - first["time"] <= 2.5
     for run in range(1, 3):
         end = next(e["time"] for e in recovered if e["run"] == run)
@@ -252,3 +253,34 @@ def test_bad_entries_change_nothing_and_the_controller_lives(make_sidecar, nats_
     rejected = audit(url, None, "experiment.rejected")
     assert {e["experiment"] for e in rejected} >= {"default/garbage", "default/wrongtypes"}
     assert controller.proc is not None and controller.proc.poll() is None
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "experiments"
+
+
+def test_the_three_chaos_mesh_v09_examples_run_unchanged(make_sidecar, nats_server, controller):
+    url = nats_server.url
+    # io-mixed selects TiKV pods in another namespace, as its Chaos Mesh original did.
+    pods = tikv(make_sidecar, 2, namespace="chaos-testing")
+    pods += tikv(make_sidecar, 1, namespace="tidb-cluster-demo")
+    files = [str(EXAMPLES / f"io-{name}.yaml") for name in ("delay", "errno", "mixed")]
+    args = [a for f in files for a in ("-f", f)]
+    done = chaosctl(url, "apply", *args, "--wait")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(" created") == 3, done.stdout
+    actions = {}
+    for name, action in (("delay", "latency"), ("errno", "errno"), ("mixed", "mixed")):
+        ref = f"chaos-testing/io-{name}-example"
+        st = wait_status(url, ref, running)
+        assert len(st.selected) == 1 and st.acked == st.selected  # mode one
+        (sc,) = [sc for sc in pods if sc.pod == st.selected[0]]
+        rules = {r["id"]: r for r in sc.request({"op": "status"})["rules"]}
+        (rule,) = [r for i, r in rules.items() if i in st.rule_ids]
+        actions[name] = rule
+        assert rule["action"] == action and rule["percent"] == 50
+        assert rule["expires_at"] == pytest.approx(st.ends_at)
+    assert actions["mixed"]["path_regex"]
+    done = chaosctl(url, "delete", *args)
+    assert done.returncode == 0, done.stderr
+    for sc in pods:
+        assert not [r for r in sc.request({"op": "status"})["rules"] if r["id"].startswith("exp-")]
