@@ -181,7 +181,13 @@ def test_nats_conf_copy_is_current():
 
 # --- the overlays, built and validated ------------------------------------------------
 
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "MutatingWebhookConfiguration",
+    "CustomResourceDefinition",
+}
 
 
 @needs_kubectl
@@ -532,7 +538,8 @@ def test_dev_overlay_images_and_log_level():
                 if c["name"] not in ("inject-scripts", "chaosctl"):  # no servers
                     assert log_level(c) == "debug", f"{obj['metadata']['name']}/{c['name']}"
     assert seen == {
-        f"chaosbus/{n}" for n in ("template-watcher", "injector", "chaosfs", "chaosctl", "scripts")
+        f"chaosbus/{n}"
+        for n in ("template-watcher", "injector", "controller", "chaosfs", "chaosctl", "scripts")
     }
     assert find(docs, "ConfigMap", "chaosfs-tikv")["metadata"]["namespace"] == "tidb-cluster"
 
@@ -804,6 +811,7 @@ PYTHON_DOCKERFILES = {
     "services/template_watcher/Dockerfile": "chaos-template-watcher",
     "services/injector/Dockerfile": "chaos-injector",
     "services/chaosctl/Dockerfile": "chaosctl",
+    "services/controller/Dockerfile": "chaos-controller",
 }
 DOCKERFILES = [*PYTHON_DOCKERFILES, "scripts/Dockerfile"]
 ROOT_USERS = {"services/chaosfs/Dockerfile"}  # FUSE: /dev/fuse and CAP_SYS_ADMIN
@@ -1115,6 +1123,7 @@ def test_tiltfile():
         "services/chaosfs/Dockerfile": "chaosbus/chaosfs-base",
         "services/template_watcher/Dockerfile": "chaosbus/template-watcher-base",
         "services/injector/Dockerfile": "chaosbus/injector-base",
+        "services/controller/Dockerfile": "chaosbus/controller-base",
         "services/chaosctl/Dockerfile": "chaosbus/chaosctl",
         "scripts/Dockerfile": "chaosbus/scripts",
     }
@@ -1156,6 +1165,7 @@ def test_tiltfile():
         ("chaos-template-watcher", 9090),
         ("chaos-injector", 9091),
         ("chaosfs-playground", 9092),
+        ("chaos-controller", 9093),
     ):
         assert (port, port) in forwards[resource], resource
         (workload,) = [o for o in run.resources[resource].objects if o["kind"] == "Deployment"]
