@@ -146,6 +146,13 @@ def test_pause_recovers_resume_reapplies_delete_recovers_first(
     assert kinds.index("experiment.deleted") > max(
         i for i, k in enumerate(kinds) if k == "experiment.recovered"
     )
+    # Paused before its first run: nothing happens until resumed, then it runs.
+    ref = put(url, io_chaos("born-paused", duration="30s"), paused=True)
+    wait_status(url, ref, lambda s: s.phase == "Paused" and s.run == 0)
+    assert not faulted(sc)
+    set_flags(url, ref, paused=False)
+    wait_status(url, ref, running)
+    assert faulted(sc)
 
 
 def test_a_pod_that_comes_up_during_a_mode_all_run_is_faulted_too(

@@ -262,6 +262,8 @@ class Engine:
             _condition(st, "Paused", "False", "Resumed", "resumed by the user", now)
             self._audit("experiment.resumed", t.ref, entry=entry, run=st.run)
             st.paused_at = None
+            if st.run == 0:  # paused before its first run: that run starts now
+                return await self._start_run(t, exp, st, now)
             if (st.ends_at is not None and st.ends_at > now) or exp.duration is None:
                 return await self._start_run(t, exp, st, now, ends_at=st.ends_at)
             st.phase = "Waiting" if exp.schedule else "Finished"
