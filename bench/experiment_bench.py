@@ -72,7 +72,7 @@ from bus_bench import (
 )
 
 from chaosbus import codec
-from chaosbus.experiments.store import ExperimentStore, Status, key_of
+from chaosbus.experiments.store import MAX_ENTRY_BYTES, ExperimentStore, Status, key_of
 from chaosbus.protocol import Target
 from chaosctl import commands, experiments
 from chaosctl.client import Session
@@ -218,7 +218,7 @@ async def running(stack: Stack, watcher: Any, ref: str) -> Status:
             continue
         if update is None or update.value is None:
             continue  # the end of the (empty) initial values
-        st = Status.from_wire(codec.decode(update.value))
+        st = Status.from_wire(codec.decode(update.value, limit=MAX_ENTRY_BYTES))
         if st.phase == "Failed":
             raise RuntimeError(f"{ref} failed: {st.message}")
         if st.phase == "Running":

@@ -70,19 +70,13 @@ from chaosbus.experiments.spec import SpecError, parse_manifest
 from chaosbus.experiments.store import ExperimentStore, SpecEntry, StaleWrite, Status
 from template_watcher.kube_source import (
     CONNECT_TIMEOUT,
-    MIN_HEALTHY_WATCH,
     PAGE_SIZE,
-    READ_GRACE,
     WATCH_TIMEOUT_SECONDS,
     Backoff,
     WatchEvent,
     _Delays,
     _describe,
-    _Gone,
-    _list_all,
-    _open,
-    _parse_event,
-    _pause,
+    list_and_watch,
 )
 
 FINALIZER = "chaosbus.io/recover"
@@ -158,70 +152,16 @@ async def watch_custom_objects(
             namespace,
             kind.plural,
         )
-    object_kind = kind.kinds[0]
-    log = log.bind(kind=kind.plural, namespace=namespace)
-    delays = _Delays(backoff)
-    loop = asyncio.get_running_loop()
-    rv: str | None = None  # None: we must (re)list
-    # As in watch_objects: a 410 before a watch since the last list delivered anything
-    # means the list's own version is gone already; relisting at once could spin.
-    progressed = False
-
-    while True:
-        if rv is None:
-            try:
-                items, rv = await _list_all(list_fn, object_kind, {}, page_size)
-            except Exception as e:  # anything at all: log, wait, list again
-                await _pause(log, delays, "kube list failed", e, None)
-                continue
-            progressed = False
-            log.info("kube listed", count=len(items), resource_version=rv)
-            yield WatchEvent("RESET", items)
-
-        started, events = loop.time(), 0
-        try:
-            resp = await _open(
-                list_fn,
-                watch=True,
-                resource_version=rv,
-                allow_watch_bookmarks=True,
-                timeout_seconds=timeout_seconds,
-                _request_timeout=aiohttp.ClientTimeout(
-                    sock_connect=CONNECT_TIMEOUT, sock_read=timeout_seconds + READ_GRACE
-                ),
-            )
-            try:
-                while line := await resp.content.readline():
-                    if not line.strip():
-                        continue
-                    etype, obj = _parse_event(line, object_kind)
-                    rv = obj.get("metadata", {}).get("resourceVersion") or rv
-                    if not events:
-                        delays.reset()
-                    events += 1
-                    progressed = True
-                    if etype != "BOOKMARK":
-                        yield WatchEvent(etype, [obj])
-            finally:
-                resp.close()
-        except _Gone as e:
-            if progressed:
-                log.info("kube watch expired, relisting", resource_version=rv, reason=str(e))
-            else:
-                await _pause(log, delays, "kube watch expired right after a list", e, rv)
-            rv = None
-            continue
-        except Exception as e:  # connection, HTTP status, malformed line: resume from rv
-            await _pause(log, delays, "kube watch failed", e, rv)
-            continue
-
-        progressed = True
-        if events or loop.time() - started >= MIN_HEALTHY_WATCH:
-            delays.reset()
-        else:
-            delay = delays.next()
-            log.info("kube watch ended at once", resource_version=rv, retry_in=round(delay, 3))
-            await asyncio.sleep(delay)
+    async for event in list_and_watch(
+        list_fn,
+        kind.kinds[0],
+        selector={},
+        log=log.bind(kind=kind.plural, namespace=namespace),
+        timeout_seconds=timeout_seconds,
+        page_size=page_size,
+        backoff=backoff,
+    ):
+        yield event
 
 
 def _bind(fn: Callable[..., Awaitable[Any]], *args: Any) -> Callable[..., Awaitable[Any]]:

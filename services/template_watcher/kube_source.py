@@ -117,12 +117,35 @@ async def watch_objects(
         raise ValueError(f"unsupported kind {kind!r}")
     if kind == "namespaces" and namespace is not None:
         raise ValueError("namespaces are cluster-scoped; namespace must be None")
-    list_fn = _list_function(api, kind, namespace)
-    object_kind = _OBJECT_KIND[kind]
     log = log.bind(kind=kind, namespace=namespace, label_selector=label_selector)
+    selector = {"label_selector": label_selector} if label_selector else {}
+    async for event in list_and_watch(
+        _list_function(api, kind, namespace),
+        _OBJECT_KIND[kind],
+        selector=selector,
+        log=log,
+        timeout_seconds=timeout_seconds,
+        page_size=page_size,
+        backoff=backoff,
+    ):
+        yield event
+
+
+async def list_and_watch(
+    list_fn: Callable[..., Any],
+    object_kind: str,
+    *,
+    selector: dict[str, str],
+    log: FilteringBoundLogger,
+    timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
+    page_size: int = PAGE_SIZE,
+    backoff: Backoff = Backoff(),
+) -> AsyncIterator[WatchEvent]:
+    """The list/watch discipline for any list function (ConfigMaps, Namespaces, custom
+    resources): RESET after every (re)list, then changes; a 410 relists, a failure
+    backs off and resumes from the last resourceVersion; runs until cancelled."""
     delays = _Delays(backoff)
     loop = asyncio.get_running_loop()
-    selector = {"label_selector": label_selector} if label_selector else {}
     rv: str | None = None  # None: we must (re)list
     # Whether a watch since the last list delivered anything or ran its course. A 410
     # before that means the list's own version is already gone: relisting at once could
