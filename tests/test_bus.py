@@ -56,7 +56,7 @@ BAD_COMMANDS = [
         codec.encode({"op": "set", "rules": [{"action": "errno", "errno": "EIO", "colour": 1}]}),
         "unknown rule field",
     ),
-    (codec.encode({"op": "recover"}), "exactly one of id, method or all"),
+    (codec.encode({"op": "recover"}), "exactly one of id, ids, method or all"),
     (codec.encode({"op": "recover", "id": "nosuchrule"}), "no rule with id"),
     (b"\x00" * (10 * 1024 * 1024), "exceeds the limit"),
 ]

@@ -339,17 +339,23 @@ def test_a_hundred_thousand_names_match_in_constant_time():
         ("a/b", "non-empty list"),
         ([], "non-empty list"),
         ([f"n/p-{i}" for i in range(MAX_TARGET_NAMES + 1)], "at most 100000 pods"),
-        ([5], "is not a"),
-        (["no-slash"], "is not a"),
-        (["/pod"], "is not a"),
-        (["ns/"], "is not a"),
-        (["a/b/c"], "is not a"),
-        (["n/" + "p" * 506], "at most 507 characters"),
+        ([5], "strings"),
+        ([["a/b"]], "strings"),
+        (["n/" + "p" * 506], "over 507 characters"),
     ],
 )
 def test_bad_target_names_are_refused(names, reason):
     with pytest.raises(CommandError, match=reason):
         Target({"names": names})
+
+
+@pytest.mark.parametrize("ref", ["no-slash", "/pod", "ns/", "a/b/c"])
+def test_malformed_pod_refs_match_no_pod(ref):
+    """Only membership is asked of target.names: a ref no pod can have reaches nobody."""
+    target = Target({"names": [ref]})
+    for namespace, name in (("no-slash", ""), ("", "pod"), ("ns", ""), ("a", "b/c"), ("a", "b")):
+        if f"{namespace}/{name}" != ref:
+            assert not target.matches(namespace, name, {})
     assert Target({"names": ["n/" + "p" * 505]}).matches("n", "p" * 505, {})
 
 

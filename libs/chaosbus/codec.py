@@ -51,15 +51,15 @@ def decode(payload: bytes, *, limit: int = MAX_COMMAND_BYTES) -> dict[str, Any]:
 
 def _check_depth(value: Any) -> None:
     """Refuse values nested deeper than MAX_DEPTH, without recursing to find out."""
-    stack = [(value, 1)]
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise DecodeError(f"payload is nested deeper than {MAX_DEPTH} levels")
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
+        # Only containers can nest: scalars (most of a long list of names) are skipped
+        # in one comprehension rather than pushed one by one.
+        values = item.values() if isinstance(item, dict) else item
+        stack.extend((v, depth + 1) for v in [v for v in values if isinstance(v, dict | list)])
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:

@@ -269,16 +269,16 @@ def _pod_refs(value: Any) -> frozenset[str] | None:
         raise CommandError(
             f"target names may list at most {MAX_TARGET_NAMES} pods, got {len(value)}"
         )
-    for ref in value:
-        if (
-            not isinstance(ref, str)
-            or not 3 <= len(ref) <= MAX_POD_REF_LENGTH
-            or ref.count("/") != 1
-            or ref[0] == "/"
-            or ref[-1] == "/"
-        ):
-            raise CommandError(
-                f'target names: {show(ref)} is not a "namespace/name" pod ref '
-                f"of at most {MAX_POD_REF_LENGTH} characters"
-            )
-    return frozenset(value)
+    # Only membership is ever asked of this set, so a malformed ref can only fail to
+    # match; what must be refused is a value that cannot be hashed or compared as a
+    # name. Checked in C (one frozenset, one type scan): a fleet command naming a
+    # thousand pods reaches a thousand sidecars, each of which pays this.
+    try:
+        refs = frozenset(value)
+    except TypeError:
+        raise CommandError('target names must be "namespace/name" strings') from None
+    if not all(type(ref) is str for ref in refs):
+        raise CommandError('target names must be "namespace/name" strings')
+    if max(map(len, refs)) > MAX_POD_REF_LENGTH:
+        raise CommandError(f"target names: a pod ref is over {MAX_POD_REF_LENGTH} characters")
+    return refs
