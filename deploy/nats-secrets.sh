@@ -4,14 +4,15 @@
 #   deploy/nats-secrets.sh [CHAOSBUS_NAMESPACE]
 #
 # One random password per NATS user (operator, template-watcher, injector,
-# sidecar; letters and digits, as NATS wants them), written into
+# sidecar, controller; letters and digits, as NATS wants them), written into
 #   chaosbus-nats-users       the server's: OPERATOR_PASSWORD,
 #                             TEMPLATE_WATCHER_PASSWORD, INJECTOR_PASSWORD,
-#                             SIDECAR_PASSWORD (deploy/nats/nats.conf)
+#                             SIDECAR_PASSWORD, CONTROLLER_PASSWORD
+#                             (deploy/nats/nats.conf)
 #   chaosbus-nats-<user>      each user's own, under the key "password"
 # in CHAOSBUS_NAMESPACE (default chaos-testing), which must exist. Run it once,
 # before the first `kubectl apply`; it refuses to replace Secrets that exist
-# (to change the passwords: delete the five, run it again, restart NATS and
+# (to change the passwords: delete the six, run it again, restart NATS and
 # the services, and run deploy/sidecar-secret.sh again for every namespace).
 # chaosctl users take the operator's password from chaosbus-nats-operator.
 # The passwords go through files in a private temporary directory, never
@@ -19,7 +20,7 @@
 set -eu
 
 namespace=${1:-chaos-testing}
-users="operator template-watcher injector sidecar"
+users="operator template-watcher injector sidecar controller"
 
 for name in users $users; do
     if kubectl -n "$namespace" get secret "chaosbus-nats-$name" >/dev/null 2>&1; then

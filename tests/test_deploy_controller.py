@@ -168,9 +168,6 @@ def test_controller_connects_as_its_nats_user(overlay):
         assert secret_data(docs, "chaosbus-nats-controller")["password"] == server
 
 
-@pytest.mark.xfail(
-    strict=True, reason="deploy/nats/nats.conf has no `controller` user yet (lead's change)"
-)
 def test_nats_knows_the_controller_user():
     assert nats_users(NATS_CONF.read_text()).get("controller") == "CONTROLLER_PASSWORD"
     assert "controller" in shlex.split(

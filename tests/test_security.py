@@ -38,7 +38,7 @@ from chaosbus.subjects import FLEET_COMMAND, pod_command
 from conftest import BIN, Sidecar, free_port, wait_for
 
 CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "nats" / "nats.conf"
-ROLES = ("operator", "template-watcher", "injector", "sidecar")
+ROLES = ("operator", "template-watcher", "injector", "sidecar", "controller")
 POD = "a/db-0"
 MARKED = re.compile(r'^(\s*)(\w+): "[^"]*" # chaosbus-test: (\w+)$')
 
