@@ -4,8 +4,29 @@ from __future__ import annotations
 
 import re
 
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "\u00b5s": 1e-6,  # micro sign
+    "\u03bcs": 1e-6,  # Greek mu: Go accepts both
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+
+
+def units_total(text: str) -> float | None:
+    """Seconds in a run of number+unit parts ("1m30s", "250ms"); None if ``text`` is
+    anything else. The grammar of Go's time.ParseDuration, without a sign."""
+    pos, total = 0, 0.0
+    for match in _PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    return total if text and pos == len(text) else None
 
 
 def parse_duration(text: str) -> float:
@@ -19,13 +40,8 @@ def parse_duration(text: str) -> float:
         if value < 0 or value != value:
             raise ValueError(f"duration must be a non-negative number, got {text!r}")
         return value
-    pos, total = 0, 0.0
-    for match in _PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or not text:
+    total = units_total(text)
+    if total is None:
         raise ValueError(f"invalid duration {text!r} (examples: 100ms, 1.5s, 2m)")
     return total
 

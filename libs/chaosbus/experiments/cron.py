@@ -26,10 +26,11 @@ from __future__ import annotations
 import bisect
 import calendar
 import math
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+
+from ..durations import units_total
 
 if TYPE_CHECKING:
     from .spec import SpecError
@@ -63,17 +64,6 @@ _FIELDS = (
 # Longest month each month can have (February in a leap year).
 _MAX_DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
-_GO_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "\u00b5s": 1e-6,  # micro sign
-    "\u03bcs": 1e-6,  # Greek mu
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_GO_PART = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 # Go's time.Duration holds at most about 292 years.
 MAX_GO_DURATION = (2**63 - 1) / 1e9
 
@@ -102,13 +92,8 @@ def parse_go_duration(text: str, *, field: str) -> float:
         text = text[1:]
     if text == "0":
         return 0.0
-    pos, total = 0, 0.0
-    for match in _GO_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _GO_UNITS[match.group(2)]
-        pos = match.end()
-    if not text or pos != len(text):
+    total = units_total(text)
+    if total is None:
         raise _error(
             f"{field}: invalid duration {_quote(raw)}; "
             'use a number with a unit: ns, us, ms, s, m, h (e.g. "300ms", "1m30s")'
