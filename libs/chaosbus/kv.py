@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 
-async def open_bucket(nc: Client, name: str, *, create: bool = True, history: int = 1) -> KeyValue:
-    """Bind to a bucket, creating it (file storage) when allowed and missing."""
+async def open_bucket(
+    nc: Client, name: str, *, create: bool = True, history: int = 1, **config: Any
+) -> KeyValue:
+    """Bind to a bucket, creating it (file storage) when allowed and missing; ``config``
+    holds further KeyValueConfig settings for the creation (ttl, max_value_size, ...)."""
     js = nc.jetstream()
     try:
         return await js.key_value(name)
@@ -17,7 +22,7 @@ async def open_bucket(nc: Client, name: str, *, create: bool = True, history: in
         if not create:
             raise
         return await js.create_key_value(
-            KeyValueConfig(bucket=name, history=history, storage=StorageType.FILE)
+            KeyValueConfig(bucket=name, history=history, storage=StorageType.FILE, **config)
         )
 
 

@@ -11,7 +11,14 @@ import math
 import time
 from typing import Any
 
+from nats.aio.client import Client
+from nats.js.errors import BucketNotFoundError
+
+from . import codec
+from .kv import contents, open_bucket
 from .subjects import encode_token
+
+ENTRY_LIMIT = 1 << 20
 
 BUCKET = "SIDECARS"
 LOST_AFTER_BEATS = 3
@@ -40,3 +47,27 @@ def is_lost(entry: dict[str, Any], now: float | None = None) -> bool:
 
 def last_seen(entry: dict[str, Any]) -> float:
     return _number(entry.get("time"), 0.0)
+
+
+def forgotten(entry: dict[str, Any], now: float) -> bool:
+    """Lost so long ago that the pod is simply gone: no longer reported as missing."""
+    return is_lost(entry, now) and now - last_seen(entry) >= FORGET_LOST_AFTER
+
+
+async def entries(nc: Client) -> list[dict[str, Any]]:
+    """Every readable entry, each a map marked ``lost`` or not, sorted by pod; an
+    unreadable value (any sidecar may write one) is skipped. Empty with no bucket."""
+    try:
+        kv = await open_bucket(nc, BUCKET, create=False)
+    except BucketNotFoundError:
+        return []
+    out = []
+    now = time.time()
+    for value in (await contents(kv)).values():
+        try:
+            entry = codec.decode(value, limit=ENTRY_LIMIT)
+        except codec.DecodeError:
+            continue
+        entry["lost"] = is_lost(entry, now)
+        out.append(entry)
+    return sorted(out, key=lambda e: str(e.get("pod")))

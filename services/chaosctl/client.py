@@ -89,20 +89,7 @@ class Session:
 
     async def sidecars(self) -> list[dict[str, Any]]:
         """Every registered sidecar, each marked lost or not."""
-        try:
-            kv = await open_bucket(self.nc, registry.BUCKET, create=False)
-        except BucketNotFoundError:
-            return []
-        out = []
-        now = time.time()
-        for value in (await contents(kv)).values():
-            try:
-                entry = codec.decode(value, limit=REPLY_LIMIT)
-            except codec.DecodeError:
-                continue
-            entry["lost"] = registry.is_lost(entry, now)
-            out.append(entry)
-        return sorted(out, key=lambda e: str(e.get("pod")))
+        return await registry.entries(self.nc)
 
     async def expected(self, target: dict[str, Any]) -> tuple[set[str], set[str]]:
         """Registered sidecars the target selects: (alive, recently lost).
@@ -122,7 +109,7 @@ class Session:
                 continue
             if not e["lost"]:
                 alive.add(e["pod"])
-            elif now - registry.last_seen(e) < registry.FORGET_LOST_AFTER:
+            elif not registry.forgotten(e, now):
                 lost.add(e["pod"])
         return alive, lost
 

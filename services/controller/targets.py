@@ -18,11 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nats.aio.client import Client
-from nats.js.errors import BucketNotFoundError
 
-from chaosbus import codec, registry
+from chaosbus import registry
 from chaosbus.experiments.spec import PodSelector
-from chaosbus.kv import contents, open_bucket
 
 
 @dataclass(frozen=True)
@@ -52,39 +50,31 @@ class PodSource(Protocol):
     async def candidates(self, selector: PodSelector) -> Candidates: ...
 
 
-def _sidecar(value: bytes, now: float) -> Sidecar | None:
-    """One registry entry, or None if it is unreadable (written by a buggy or hostile client)."""
-    try:
-        entry = codec.decode(value, limit=1 << 20)
-        namespace, name = entry.get("namespace"), entry.get("name")
-        labels = entry.get("labels") or {}
-        if not isinstance(namespace, str) or not isinstance(name, str):
-            return None
-        if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-        ):
-            return None
-        lost = registry.is_lost(entry, now)
-        if lost and now - registry.last_seen(entry) >= registry.FORGET_LOST_AFTER:
-            return None  # lost long ago: a pod that is simply gone
-        return Sidecar(namespace, name, labels, lost)
-    except (codec.DecodeError, TypeError, ValueError):
+def _sidecar(entry: dict[str, Any], now: float) -> Sidecar | None:
+    """One registry entry, or None if it is unusable (written by a buggy or hostile
+    client) or lost so long ago that the pod is simply gone."""
+    namespace, name = entry.get("namespace"), entry.get("name")
+    labels = entry.get("labels") or {}
+    if not isinstance(namespace, str) or not isinstance(name, str):
         return None
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        return None
+    if registry.forgotten(entry, now):
+        return None
+    return Sidecar(namespace, name, labels, bool(entry["lost"]))
 
 
 async def registered(nc: Client, log: Any = None) -> dict[str, Sidecar]:
-    """Every readable registry entry by pod ref; unreadable ones are logged and skipped."""
-    try:
-        kv = await open_bucket(nc, registry.BUCKET, create=False)
-    except BucketNotFoundError:
-        return {}
+    """Every usable registry entry by pod ref; unusable ones are logged and skipped."""
     now = time.time()
     out: dict[str, Sidecar] = {}
-    for key, value in (await contents(kv)).items():
-        sidecar = _sidecar(value, now)
+    for entry in await registry.entries(nc):
+        sidecar = _sidecar(entry, now)
         if sidecar is None:
-            if log is not None:
-                log.warning("registry_entry_unreadable", key=key)
+            if log is not None and not registry.forgotten(entry, now):
+                log.warning("registry_entry_unusable", pod=str(entry.get("pod"))[:200])
             continue
         out[sidecar.ref] = sidecar
     return out

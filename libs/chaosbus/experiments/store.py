@@ -30,12 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from .. import codec
-from ..kv import contents
+from ..kv import contents, open_bucket
 from ..subjects import decode_token, encode_token
 
 SPECS = "EXPERIMENTS"
@@ -285,24 +284,6 @@ class StaleWrite(RuntimeError):
     """The entry changed since it was read: someone else (another controller) wrote it."""
 
 
-async def _bucket(nc: Client, name: str, *, create: bool, **config: Any) -> KeyValue:
-    js = nc.jetstream()
-    try:
-        return await js.key_value(name)
-    except BucketNotFoundError:
-        if not create:
-            raise
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=name,
-                history=1,
-                storage=StorageType.FILE,
-                max_value_size=MAX_ENTRY_BYTES,
-                **config,
-            )
-        )
-
-
 def _decode(value: bytes) -> dict[str, Any]:
     return codec.decode(value, limit=MAX_ENTRY_BYTES)
 
@@ -319,8 +300,8 @@ class ExperimentStore:
     async def open(cls, nc: Client, *, create: bool = True) -> ExperimentStore:
         """Bind to both buckets (creating them when allowed); BucketNotFoundError otherwise."""
         return cls(
-            await _bucket(nc, SPECS, create=create),
-            await _bucket(nc, STATUS, create=create),
+            await open_bucket(nc, SPECS, create=create, max_value_size=MAX_ENTRY_BYTES),
+            await open_bucket(nc, STATUS, create=create, max_value_size=MAX_ENTRY_BYTES),
         )
 
     # --- specs -------------------------------------------------------------------------
@@ -441,4 +422,4 @@ class ExperimentStore:
 
 async def lease_bucket(nc: Client, ttl: float) -> KeyValue:
     """The lease bucket; its TTL is the lease's length (set when the bucket is made)."""
-    return await _bucket(nc, LEASE, create=True, ttl=ttl)
+    return await open_bucket(nc, LEASE, ttl=ttl)
