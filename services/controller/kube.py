@@ -50,7 +50,6 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
-import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -58,18 +57,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.client.rest import RESTResponse
 from structlog.typing import FilteringBoundLogger
 
 from chaosbus.audit import AuditLog
 from chaosbus.experiments.spec import SpecError, parse_manifest
 from chaosbus.experiments.store import ExperimentStore, SpecEntry, StaleWrite, Status
 from template_watcher.kube_source import (
-    CONNECT_TIMEOUT,
     PAGE_SIZE,
     WATCH_TIMEOUT_SECONDS,
     Backoff,
@@ -78,6 +74,8 @@ from template_watcher.kube_source import (
     _describe,
     list_and_watch,
 )
+
+from .kubeapi import bind, call_json
 
 FINALIZER = "chaosbus.io/recover"
 PAUSE_ANNOTATION = "experiment.chaos-mesh.org/pause"
@@ -141,11 +139,11 @@ async def watch_custom_objects(
     apply to them."""
     objects = client.CustomObjectsApi(api)
     if namespace is None:
-        list_fn: Callable[..., Awaitable[Any]] = _bind(
+        list_fn: Callable[..., Awaitable[Any]] = bind(
             objects.list_cluster_custom_object, kind.group, kind.version, kind.plural
         )
     else:
-        list_fn = _bind(
+        list_fn = bind(
             objects.list_namespaced_custom_object,
             kind.group,
             kind.version,
@@ -162,30 +160,6 @@ async def watch_custom_objects(
         backoff=backoff,
     ):
         yield event
-
-
-def _bind(fn: Callable[..., Awaitable[Any]], *args: Any) -> Callable[..., Awaitable[Any]]:
-    async def call(**params: Any) -> Any:
-        return await fn(*args, **params)
-
-    return call
-
-
-async def _call(fn: Callable[..., Awaitable[Any]], *args: Any, **params: Any) -> dict[str, Any]:
-    """One API call's JSON answer; ApiException on a non-2xx status."""
-    resp: aiohttp.ClientResponse = await fn(
-        *args,
-        _preload_content=False,
-        _request_timeout=aiohttp.ClientTimeout(total=WRITE_TIMEOUT, sock_connect=CONNECT_TIMEOUT),
-        **params,
-    )
-    try:
-        body = await resp.read()
-    finally:
-        resp.release()
-    if not 200 <= resp.status <= 299:
-        raise ApiException(http_resp=RESTResponse(resp, body))
-    return json.loads(body) if body else {}
 
 
 # --- the source -------------------------------------------------------------------
@@ -561,7 +535,7 @@ class KubeSource:
         )
         meta = obj["metadata"]
         # A list body goes out as application/json-patch+json.
-        return await _call(
+        return await call_json(
             fn,
             kind.group,
             kind.version,
@@ -570,6 +544,7 @@ class KubeSource:
             meta["name"],
             body=patch,
             field_manager=self.field_manager,
+            timeout=WRITE_TIMEOUT,
         )
 
     async def _add_finalizer(self, kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
@@ -729,11 +704,12 @@ class KubeSource:
             "count": 1,
         }
         try:
-            await _call(
+            await call_json(
                 self._core.create_namespaced_event,
                 meta["namespace"],
                 body=body,
                 field_manager=self.field_manager,
+                timeout=WRITE_TIMEOUT,
             )
         except Exception as e:
             self.log.warning(

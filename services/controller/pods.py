@@ -30,16 +30,15 @@ pieces, and responses are read as JSON rather than deserialized into models (as 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.client.rest import RESTResponse
+
+from .kubeapi import bind, call_json
 
 if TYPE_CHECKING:
     from chaosbus.experiments.spec import PodSelector
@@ -153,7 +152,7 @@ class KubePods:
         if namespace is None:
             fn: Callable[..., Awaitable[Any]] = self.core.list_pod_for_all_namespaces
         else:
-            fn = _bind(self.core.list_namespaced_pod, namespace)
+            fn = bind(self.core.list_namespaced_pod, namespace)
         return [
             _info(pod)
             for pod in await self._pages(fn, **params)
@@ -171,7 +170,7 @@ class KubePods:
                     page = {"limit": self.page_size, **params}
                     if token:
                         page["_continue"] = token
-                    body = await _get(fn, **page)
+                    body = await call_json(fn, timeout=LIST_TIMEOUT, **page)
                     items.extend(body.get("items") or [])
                     token = (body.get("metadata") or {}).get("continue")
                     if not token:
@@ -182,30 +181,6 @@ class KubePods:
                 if self.log is not None:
                     self.log.info("pod list continue token expired, listing again")
         raise AssertionError("unreachable")
-
-
-def _bind(fn: Callable[..., Awaitable[Any]], namespace: str) -> Callable[..., Awaitable[Any]]:
-    async def call(**params: Any) -> Any:
-        return await fn(namespace, **params)
-
-    return call
-
-
-async def _get(fn: Callable[..., Awaitable[Any]], **params: Any) -> dict[str, Any]:
-    """Call a list function for its JSON body, raising ApiException on a non-2xx status
-    (which the client does not do itself when _preload_content=False)."""
-    resp: aiohttp.ClientResponse = await fn(
-        _preload_content=False,
-        _request_timeout=aiohttp.ClientTimeout(total=LIST_TIMEOUT, sock_connect=CONNECT_TIMEOUT),
-        **params,
-    )
-    try:
-        body = await resp.read()
-    finally:
-        resp.release()
-    if not 200 <= resp.status <= 299:
-        raise ApiException(http_resp=RESTResponse(resp, body))
-    return json.loads(body)
 
 
 def _info(pod: dict[str, Any]) -> PodInfo:
