@@ -565,3 +565,28 @@ def test_chaosctl_refuses_nan_before_connecting(flags):
     )
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().count("\n") == 0 and "finite" in done.stderr
+
+
+def test_name_hashes_name_exactly_their_pods_and_split_into_accepted_commands():
+    from chaosbus import codec
+    from chaosbus.fleet import BATCH_BYTES, split_by_names
+    from chaosbus.protocol import name_hashes
+
+    refs = [f"ns-{i % 7}/pod-{i}" for i in range(30_000)]
+    digests = name_hashes(refs)
+    target = Target({"name_hashes": digests})
+    assert all(target.matches(*r.split("/"), {}) for r in refs[::101])
+    assert not target.matches("ns-0", "pod-30000", {}) and not target.matches("ns-1", "pod-0", {})
+    parts = split_by_names({"op": "set", "rules": [], "target": {"name_hashes": digests}})
+    assert len(parts) > 1 and all(len(codec.encode(p)) <= BATCH_BYTES for p in parts)
+    for ref in refs[::997]:
+        assert sum(Target(p["target"]).matches(*ref.split("/"), {}) for p in parts) == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [(b"", "8-byte"), (b"1234567", "8-byte"), ("abcdefgh", "8-byte"), ([b"12345678"], "8-byte")],
+)
+def test_bad_name_hashes_are_refused(value, reason):
+    with pytest.raises(CommandError, match=reason):
+        Target({"name_hashes": value})

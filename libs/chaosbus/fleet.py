@@ -46,15 +46,18 @@ class FleetResult:
 
 
 def split_by_names(command: dict[str, Any]) -> list[dict[str, Any]]:
-    """The command itself, or copies each naming a slice of ``target.names`` that fits."""
-    names = (command.get("target") or {}).get("names")
-    if not names or len(codec.encode(command)) <= BATCH_BYTES:
+    """The command itself, or copies each naming a share of the pods in ``target.names``
+    or ``target.name_hashes`` small enough for a sidecar to accept."""
+    target = command.get("target") or {}
+    field = "names" if target.get("names") else "name_hashes" if target.get("name_hashes") else None
+    if field is None or len(codec.encode(command)) <= BATCH_BYTES:
         return [command]
-    half = len(names) // 2
+    pods = target[field]
+    step = 8 if field == "name_hashes" else 1  # whole digests only
+    half = len(pods) // step // 2 * step
     out = []
-    for part in (names[:half], names[half:]):
-        copy = {**command, "target": {**command["target"], "names": part}}
-        out.extend(split_by_names(copy))
+    for part in (pods[:half], pods[half:]):
+        out.extend(split_by_names({**command, "target": {**target, field: part}}))
     return out
 
 
