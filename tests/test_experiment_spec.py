@@ -17,12 +17,12 @@ import pytest
 
 from chaosbus.experiments import selectors
 from chaosbus.experiments.cron import Schedule, parse_go_duration
+from chaosbus.experiments.manifests import load_documents
 from chaosbus.experiments.selection import choose, count_for
 from chaosbus.experiments.spec import (
     Experiment,
     PodSelector,
     SpecError,
-    load_documents,
     parse_manifest,
 )
 from chaosbus.rules import FaultRule

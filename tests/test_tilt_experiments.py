@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from chaosbus.experiments.spec import load_documents, parse_manifest
+from chaosbus.experiments.manifests import load_documents
+from chaosbus.experiments.spec import parse_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = "deploy/overlays/dev/experiments"

@@ -37,13 +37,8 @@ from nats.js.errors import (
 
 from chaosbus import codec
 from chaosbus.audit import STREAM, SUBJECT_ROOT, audit_subject, ensure_stream, make_event
-from chaosbus.experiments.spec import (
-    MAX_DOCUMENT_BYTES,
-    Experiment,
-    SpecError,
-    load_documents,
-    parse_manifest,
-)
+from chaosbus.experiments.manifests import MAX_DOCUMENT_BYTES, load_documents
+from chaosbus.experiments.spec import Experiment, SpecError, parse_manifest
 from chaosbus.experiments.store import (
     MAX_ENTRY_BYTES,
     ExperimentStore,

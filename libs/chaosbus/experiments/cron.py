@@ -28,12 +28,9 @@ import calendar
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from ..durations import units_total
-
-if TYPE_CHECKING:
-    from .spec import SpecError
+from .errors import SpecError
 
 MAX_CRON_LENGTH = 256
 # A schedule whose next time is further away than this is treated as never firing.
@@ -69,9 +66,6 @@ MAX_GO_DURATION = (2**63 - 1) / 1e9
 
 
 def _error(message: str) -> SpecError:
-    # Imported here: spec.py imports this module, and SpecError lives there.
-    from .spec import SpecError
-
     return SpecError(message)
 
 

@@ -18,10 +18,9 @@ import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .spec import SpecError
+from .errors import SpecError
 
 MAX_SELECTOR_LENGTH = 8192
 _NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?\Z")
@@ -31,9 +30,6 @@ _OPERATORS = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": 
 
 
 def _error(message: str) -> SpecError:
-    # Imported here: spec.py imports this module, and SpecError lives there.
-    from .spec import SpecError
-
     return SpecError(message)
 
 
