@@ -714,3 +714,12 @@ def test_output_describe_without_a_status():
     broken = show.describe(REF, stored, None, "spec.mode: bad", None, "phase: bad", [], 60)
     assert "Spec:        unreadable: spec.mode: bad" in broken
     assert "Status:      unreadable: phase: bad" in broken
+
+
+def test_bad_input_is_a_usage_error_even_without_nats(tmp_path):
+    """No server to audit the refusal: still exit 2 with the reason, and a warning."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: chaos-mesh.org/v1alpha1\nkind: IoChaos\nspec: {}\n")
+    done = chaosctl("nats://127.0.0.1:1", "apply", "-f", str(bad))
+    assert done.returncode == 2, done.stderr
+    assert "bad.yaml: document 1" in done.stderr and "refusal not audited" in done.stderr

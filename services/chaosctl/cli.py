@@ -257,7 +257,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             commands.lazy_command(args)  # a bad command line is told before connecting
         elif args.command == "fault" and args.verb in ("set", "broadcast"):
             rule_from_args(args)  # likewise a bad rule (the handler builds it again)
-        return asyncio.run(_run(args, url, timeout, as_json))
+        rejected = experiments.check_input(args) if args.command == "apply" else None
+        try:
+            return asyncio.run(_run(args, url, timeout, as_json))
+        except Unreachable as exc:
+            if rejected is None:
+                raise
+            # Bad input stays a usage error; the refusal could not be audited.
+            print(f"chaosctl: {rejected.line}", file=sys.stderr)
+            print(f"chaosctl: warning: refusal not audited: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     except (UsageError, ValueError) as exc:
         print(f"chaosctl: {exc}", file=sys.stderr)
         return EXIT_USAGE

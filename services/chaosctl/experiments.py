@@ -501,14 +501,30 @@ async def experiment_events(s: Session, ref: str) -> list[dict[str, Any]]:
 # --- apply --------------------------------------------------------------------------------------
 
 
+def check_input(args: argparse.Namespace) -> Rejected | None:
+    """Read and check the files before connecting (standard input can be read once, so
+    what was read is kept for ``apply``): a bad file is told with exit 2 even when NATS
+    cannot be reached to audit the refusal."""
+    try:
+        try:
+            args.sources = read_sources(args.files)
+        except InputError as exc:
+            raise Rejected(str(exc), reason=exc.reason, source=exc.source, ref=None) from None
+        args.documents = parse_documents(args.sources, args.namespace)
+    except Rejected as rejected:
+        args.rejected = rejected
+        return rejected
+    return None
+
+
 @_bus_errors
 async def apply(s: Session, args: argparse.Namespace) -> Outcome:
     try:
-        try:
-            sources = read_sources(args.files)
-        except InputError as exc:
-            raise Rejected(str(exc), reason=exc.reason, source=exc.source, ref=None) from None
-        docs = parse_documents(sources, args.namespace)
+        if getattr(args, "documents", None) is None:
+            rejected = getattr(args, "rejected", None) or check_input(args)
+            if rejected is not None:
+                raise rejected
+        docs = args.documents
         check_selection(docs, await s.sidecars())
         store = await _store(s, create=False)
         current: dict[str, Current | None] = {}
