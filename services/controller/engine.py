@@ -165,8 +165,10 @@ class Engine:
             labels = event.get("labels") or {}
             if not isinstance(namespace, str) or not isinstance(name, str):
                 return
-            if not isinstance(labels, dict):
-                return
+            if not isinstance(labels, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+            ):
+                return  # a malformed announcement: ignored, the registry is read at each run
         except codec.DecodeError:
             return
         pod = f"{namespace}/{name}"
