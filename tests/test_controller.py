@@ -180,6 +180,14 @@ def test_a_missing_sidecar_is_recorded_and_does_not_stop_the_others(
     assert st.pods["default/tikv-0"].outcome == "injected"
     assert st.pods["default/tikv-gone"].outcome == "missing"
     assert faulted(sc)
+    # Neither the pod that never answered nor one deleted meanwhile holds up deletion.
+    sc.stop()
+    started = time.monotonic()
+    set_flags(url, ref, deleting=True)
+    wait_for(lambda: not spec_exists(url, ref), what="the deletion to finish")
+    assert time.monotonic() - started < 5.0
+    (deleted,) = audit(url, ref, "experiment.deleted")
+    assert sorted(deleted["recovered"]) == ["default/tikv-0", "default/tikv-gone"]
 
 
 def test_kill_9_mid_experiment_resumes_same_pods_and_recovers_on_time(
