@@ -18,14 +18,28 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
 
 from . import codec
+from .kv import Refused, api_request, configured_replicas
 from .subjects import PREFIX, encode_token
 
 STREAM = "AUDIT"
 SUBJECT_ROOT = f"{PREFIX}.audit"
 SCHEMA_VERSION = 1
 QUEUE_LIMIT = 10_000
+# JetStream's "stream name already in use with a different configuration".
+STREAM_EXISTS_OTHERWISE = 10058
+# The settings ensure_stream owns; all others stay as the server has them.
+MANAGED = (
+    "subjects",
+    "storage",
+    "max_age",
+    "max_bytes",
+    "discard",
+    "duplicate_window",
+    "num_replicas",
+)
 
 
 def audit_subject(service: str, kind: str) -> str:
@@ -49,9 +63,17 @@ def make_event(
 
 
 async def ensure_stream(nc: Client, *, max_age: float, max_bytes: int) -> None:
-    """Create the audit stream, or bring its limits to the configured ones."""
-    js = nc.jetstream()
-    config = StreamConfig(
+    """Create the audit stream, or bring its limits (and its replicas, when
+    ``CHAOSBUS_JS_REPLICAS`` is set) to the configured ones.
+
+    Creating needs the right to create it (a role without it gets ``kv.Refused``
+    at once); changing a stream that exists is left to the roles allowed to
+    (the template-watcher in nats.conf): for the others it is skipped, as the
+    stream works as it is. Unset, ``CHAOSBUS_JS_REPLICAS`` leaves an existing
+    stream's replicas alone.
+    """
+    replicas = configured_replicas()
+    wanted = StreamConfig(
         name=STREAM,
         subjects=[f"{SUBJECT_ROOT}.>"],
         storage=StorageType.FILE,
@@ -59,11 +81,29 @@ async def ensure_stream(nc: Client, *, max_age: float, max_bytes: int) -> None:
         max_bytes=max_bytes,
         discard=DiscardPolicy.OLD,
         duplicate_window=120.0,
-    )
+        num_replicas=replicas or 1,
+    ).as_dict()
     try:
-        await js.add_stream(config)
-    except Exception:
-        await js.update_stream(config)
+        # Creating a stream that exists with the very same settings succeeds and
+        # changes nothing: the usual case costs one request.
+        await api_request(nc, f"STREAM.CREATE.{STREAM}", wanted)
+        return
+    except BadRequestError as exc:
+        if exc.err_code != STREAM_EXISTS_OTHERWISE:
+            raise
+    try:
+        current = (await api_request(nc, f"STREAM.INFO.{STREAM}"))["config"]
+    except Refused:
+        return
+    if replicas is None:
+        wanted["num_replicas"] = current.get("num_replicas") or 1
+    # Only what this function sets is compared and changed; the server's other
+    # settings (and any this nats-py does not know) go back as they came.
+    merged = {**current, **{k: wanted[k] for k in MANAGED if k in wanted}}
+    if merged == current:
+        return
+    with contextlib.suppress(Refused):
+        await api_request(nc, f"STREAM.UPDATE.{STREAM}", merged)
 
 
 class AuditLog:

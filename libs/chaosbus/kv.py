@@ -1,29 +1,158 @@
-"""Opening JetStream KV buckets the same way everywhere."""
+"""Opening JetStream KV buckets the same way everywhere, and the JetStream
+settings every bucket and stream share.
+
+Replicas: ``CHAOSBUS_JS_REPLICAS`` (1 to 5) is how many servers of a JetStream
+cluster hold each bucket and stream. Unset, new ones get one replica and existing
+ones are left as they are; set, new ones get that many and existing ones with
+another count are changed to it, by whichever process is allowed to change them
+(nats.conf grants that to the role that creates them; the others' attempts are
+refused by the server at once and skipped). One variable, read where buckets and
+streams are opened, so every service follows it without a flag of its own.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
+from collections.abc import Mapping
 from typing import Any
 
+import structlog
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import APIError, BucketNotFoundError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
+
+REPLICAS_ENV = "CHAOSBUS_JS_REPLICAS"
+MAX_REPLICAS = 5  # JetStream's own limit for a stream's replicas
+API_PREFIX = "$JS.API"
+API_TIMEOUT = 5.0  # nats-py's default for a JetStream API request
+_WHOLE = re.compile(r"[0-9]+")
+
+
+class Refused(PermissionError):
+    """The server refused a JetStream request under this connection's permissions."""
+
+
+def configured_replicas(env: Mapping[str, str] | None = None) -> int | None:
+    """``CHAOSBUS_JS_REPLICAS`` as a number, or None when it is unset or empty.
+
+    A value that is not a whole number from 1 to 5 raises ValueError, so a typo
+    stops a service at start instead of quietly leaving the data on one server.
+    """
+    text = (os.environ if env is None else env).get(REPLICAS_ENV, "").strip()
+    if not text:
+        return None
+    if not _WHOLE.fullmatch(text) or not 1 <= int(text) <= MAX_REPLICAS:
+        raise ValueError(
+            f"{REPLICAS_ENV}={text!r}: the number of servers holding each JetStream bucket "
+            f"and stream must be a whole number from 1 to {MAX_REPLICAS}"
+        )
+    return int(text)
+
+
+async def api_request(
+    nc: Client, subject: str, body: dict[str, Any] | None = None, timeout: float = API_TIMEOUT
+) -> dict[str, Any]:
+    """One JetStream API request (``subject`` after ``$JS.API.``); the response as a dict.
+
+    nats-server does not answer a request that the user's permissions forbid: it
+    drops it and sends the connection an error, so a plain request would wait its
+    whole timeout. Here a ping follows the request, and as the server answers in
+    order, the refusal (if any) has arrived by the time the ping's answer has:
+    ``Refused`` is raised at once. An error answer raises nats-py's APIError
+    subclasses (NotFoundError, BadRequestError, ...).
+    """
+    full = f"{API_PREFIX}.{subject}"
+    before = nc.last_error
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        payload = json.dumps(body).encode() if body is not None else b""
+        await nc.publish(full, payload, reply=inbox)
+        await nc.flush(timeout)
+        error = nc.last_error
+        if error is not None and error is not before and _refuses(error, full):
+            raise Refused(f"the NATS server refused {full} to this user: {error}")
+        msg = await sub.next_msg(timeout)
+    finally:
+        with contextlib.suppress(Exception):  # a connection closing meanwhile ends it anyway
+            await sub.unsubscribe()
+    if msg.headers and msg.headers.get("Status") == "503" and not msg.data:
+        raise NoRespondersError
+    response = json.loads(msg.data)
+    if response.get("error"):
+        APIError.from_error(response["error"])  # raises
+    return response
+
+
+def _refuses(error: Exception, subject: str) -> bool:
+    text = str(error)
+    return "Permissions Violation" in text and f'"{subject}"' in text
+
+
+async def converge_replicas(nc: Client, stream: str, replicas: int) -> bool:
+    """Change ``stream``'s replicas to ``replicas`` if they differ and this user may.
+
+    Only the replica count changes: the rest of the configuration is sent back
+    exactly as the server gave it, including settings this nats-py does not know.
+    Returns whether the stream now has that many; False when the server refused
+    the change to this user (the role allowed to make it will).
+    """
+    try:
+        config = (await api_request(nc, f"STREAM.INFO.{stream}"))["config"]
+    except Refused:
+        return False
+    before = config.get("num_replicas") or 1
+    if before == replicas:
+        return True
+    try:
+        await api_request(nc, f"STREAM.UPDATE.{stream}", {**config, "num_replicas": replicas})
+    except Refused:
+        return False
+    _note("stream_replicas_changed", stream=stream, replicas_before=before, replicas=replicas)
+    return True
+
+
+def _note(event: str, **fields: Any) -> None:
+    # Services configure structlog (JSON lines on stderr); chaosctl does not, and
+    # structlog's default would print on stdout among its output: stay silent there.
+    if structlog.is_configured():
+        structlog.get_logger("chaosbus.kv").info(event, **fields)
 
 
 async def open_bucket(
     nc: Client, name: str, *, create: bool = True, history: int = 1, **config: Any
 ) -> KeyValue:
     """Bind to a bucket, creating it (file storage) when allowed and missing; ``config``
-    holds further KeyValueConfig settings for the creation (ttl, max_value_size, ...)."""
+    holds further KeyValueConfig settings for the creation (ttl, max_value_size, ...).
+
+    Its replicas follow ``CHAOSBUS_JS_REPLICAS`` (module docstring): a new bucket is
+    made with that many, an existing one with another count is changed to it when
+    this user may change it. ``replicas=`` in ``config`` overrides the variable.
+    """
+    replicas = config.pop("replicas", None) or configured_replicas()
     js = nc.jetstream()
     try:
-        return await js.key_value(name)
+        kv = await js.key_value(name)
     except BucketNotFoundError:
         if not create:
             raise
         return await js.create_key_value(
-            KeyValueConfig(bucket=name, history=history, storage=StorageType.FILE, **config)
+            KeyValueConfig(
+                bucket=name,
+                history=history,
+                storage=StorageType.FILE,
+                replicas=replicas or 1,
+                **config,
+            )
         )
+    if replicas is not None:
+        await converge_replicas(nc, kv._stream, replicas)
+    return kv
 
 
 async def contents(bucket: KeyValue, timeout: float = 5.0) -> dict[str, bytes]:

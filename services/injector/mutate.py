@@ -16,10 +16,26 @@ The rules, beyond the seed's:
   under another name is dropped (two mounts at one path is an invalid pod), and
   every other mount stays; a dropped mount that the app could have used is
   reported as a warning;
+* every existing app container gets the spec's ``env`` variables it lacks (by
+  name), and keeps its own value of one it has, as Chaos Mesh v0.9 did;
 * ``volumes`` are replaced by name or appended, ``hostAliases`` merged by IP
   without duplicate hostnames, ``shareProcessNamespace`` set when the spec asks;
 * ``postStart`` makes the named container run the command before its own, see
   :func:`wrap_command`.
+
+Some pods cannot be injected without losing data, hanging, or being refused
+by the API server: a volume of the pod named like one the template adds (it
+would be replaced), an app mount the template's mounts would drop or move, a
+template mount of a volume the pod does not have (its data volume not named
+like the config's ``VolumeName``), a container of the pod named like one the
+template adds (the sidecar or its init step would be missing or replace the
+app's), ``hostPID`` with a template that shares the process namespace, or any
+other rule of :mod:`.podrules` the result would newly break. The mutation then
+lists :class:`Refusal` s and the caller admits the pod unchanged.
+
+A pod already injected is not mutated again; :func:`complete` only adds what
+the API server's reinvocation brought in without the sidecar's mounts (a
+container another webhook added after this one).
 
 Anything the function cannot make sense of raises :class:`MutationError`; the
 caller then admits the pod unchanged.
@@ -35,6 +51,8 @@ from typing import Any
 
 from chaosbus.injection import Rendering
 
+from . import podrules
+
 STATUS_INJECTED = "injected"
 SHELL = "/bin/sh"
 # $0 of the wrapping shell; also how a wrapped command is recognised, so that
@@ -49,9 +67,22 @@ class MutationError(ValueError):
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """Why a pod is better off without the injection: ``rule`` names the check
+    (a metric label), ``message`` says what would have gone wrong."""
+
+    rule: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Mutation:
     patch: list[Json]
     warnings: list[str] = field(default_factory=list)
+    # Non-empty: do not apply the patch, admit the pod unchanged.
+    refusals: list[Refusal] = field(default_factory=list)
+    # What :func:`complete` added, for the log and the audit trail.
+    changes: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -86,19 +117,26 @@ def unwrap_command(command: list[str]) -> list[str]:
     return command
 
 
-def mutate(pod: Json, rendering: Rendering, prefix: str) -> Mutation:
+def _pod_spec(pod: Any) -> Json:
     if not isinstance(pod, dict):
         raise MutationError("the pod is not an object")
     spec = pod.get("spec")
     if not isinstance(spec, dict):
         raise MutationError("the pod has no spec object")
+    return spec
+
+
+def mutate(pod: Json, rendering: Rendering, prefix: str) -> Mutation:
+    spec = _pod_spec(pod)
     inject = _Spec.parse(rendering.spec)
     warnings: list[str] = list(inject.warnings)
 
     init_before = _named_list(spec, "initContainers", "spec.initContainers")
     app_before = _named_list(spec, "containers", "spec.containers")
+    volumes_before = _named_list(spec, "volumes", "spec.volumes")
     init_names = {c["name"] for c in init_before}
     app_names = {c["name"] for c in app_before}
+    pod_volumes = {v["name"] for v in volumes_before}
 
     # Container names are unique across init and app containers; injecting one
     # whose name the other list has would make the API server reject the pod.
@@ -115,19 +153,47 @@ def mutate(pod: Json, rendering: Rendering, prefix: str) -> Mutation:
             c["name"], app_names | injected_app_names, "init container", "a container", warnings
         )
     ]
+    refusals = _clashes(init_before, app_before, volumes_before, inject)
+    lost: list[str] = []
 
-    def with_mounts(container: Json) -> Json:
-        return _mount_into(container, inject.volume_mounts, warnings)
+    def into_app(container: Json) -> Json:
+        mounted = _mount_into(container, inject.volume_mounts, warnings, pod_volumes, lost)
+        return _add_env(mounted, inject.env)
 
     init_after = _place(init_before, injected_init, lambda c: c, "init container", warnings)
-    app_after = _place(app_before, injected_app, with_mounts, "container", warnings)
+    app_after = _place(app_before, injected_app, into_app, "container", warnings)
     for target, command in inject.post_start:
         _post_start(app_after, target, command, warnings)
+    refusals += [Refusal("mount-lost", message) for message in lost]
+    refusals += _missing_volumes(inject, pod_volumes)
+    if inject.share_process_namespace and spec.get("hostPID") is True:
+        refusals.append(
+            Refusal(
+                "host-pid",
+                "the pod sets hostPID: true and the template shareProcessNamespace: true, "
+                "which Kubernetes refuses together",
+            )
+        )
 
-    volumes_before = _named_list(spec, "volumes", "spec.volumes")
     volumes_after = _replace_by_name(volumes_before, inject.volumes)
     aliases_before = _host_aliases(spec)
     aliases_after = _merge_host_aliases(aliases_before, inject.host_aliases)
+    share = inject.share_process_namespace and spec.get("shareProcessNamespace") is not True
+
+    after = {
+        **spec,
+        "initContainers": init_after,
+        "containers": app_after,
+        "volumes": volumes_after,
+        **({"shareProcessNamespace": True} if share else {}),
+    }
+    known = set(podrules.problems(spec))
+    new_problems = [p for p in podrules.problems(after) if p not in known]
+    if new_problems and not refusals:
+        # A safety net under the checks above, which say more precisely what is wrong.
+        refusals.append(
+            Refusal("invalid-pod", "the injected pod would be invalid: " + "; ".join(new_problems))
+        )
 
     patch: list[Json] = []
     patch.extend(_annotation_patch(pod, prefix))
@@ -135,9 +201,82 @@ def mutate(pod: Json, rendering: Rendering, prefix: str) -> Mutation:
     _field_patch(patch, spec, "containers", app_before, app_after)
     _field_patch(patch, spec, "volumes", volumes_before, volumes_after)
     _field_patch(patch, spec, "hostAliases", aliases_before, aliases_after)
-    if inject.share_process_namespace and spec.get("shareProcessNamespace") is not True:
+    if share:
         _set(patch, spec, "shareProcessNamespace", True)
-    return Mutation(patch=patch, warnings=warnings)
+    return Mutation(patch=patch, warnings=warnings, refusals=refusals)
+
+
+def has_injection(pod: Any, rendering: Rendering) -> bool:
+    """Whether the pod holds every container and init container the rendering adds
+    (by name): an injected pod, as opposed to one that only carries the status
+    annotation (copied from an injected pod, or injected by someone else)."""
+    spec = pod.get("spec") if isinstance(pod, dict) else None
+    template = rendering.spec if isinstance(rendering.spec, dict) else {}
+    if not isinstance(spec, dict):
+        return False
+
+    def names(value: Any) -> set[Any]:
+        return (
+            {c.get("name") for c in value if isinstance(c, dict)}
+            if isinstance(value, list)
+            else set()
+        )
+
+    wanted_app = names(template.get("containers"))
+    wanted_init = names(template.get("initContainers"))
+    if not wanted_app and not wanted_init:
+        return False
+    return wanted_app <= names(spec.get("containers")) and wanted_init <= names(
+        spec.get("initContainers")
+    )
+
+
+def complete(pod: Json, rendering: Rendering) -> Mutation:
+    """What an injected pod lacks when the API server calls the webhook again.
+
+    With ``reinvocationPolicy: IfNeeded`` the API server calls the webhook a
+    second time when a later webhook (or its own ServiceAccount plugin, adding
+    token mounts) changed the pod. A container added by then has none of the
+    sidecar's mounts or env: give it those it lacks, as the first call gave
+    every app container. Nothing is replaced or moved (the pod is injected
+    already, and what the other webhooks changed is theirs); a mount whose path
+    the container already uses is left out with a warning.
+    """
+    spec = _pod_spec(pod)
+    inject = _Spec.parse(rendering.spec)
+    injected = {c["name"] for c in inject.containers} | {c["name"] for c in inject.init_containers}
+    warnings: list[str] = []
+    changes: list[str] = []
+    app_before = _named_list(spec, "containers", "spec.containers")
+    app_after: list[Json] = []
+    for container in app_before:
+        if container["name"] in injected:
+            app_after.append(container)
+            continue
+        topped = _add_env(_add_mounts(container, inject.volume_mounts, warnings), inject.env)
+        if topped != container:
+            added = [
+                m["name"]
+                for m in topped.get("volumeMounts") or []
+                if m not in (container.get("volumeMounts") or [])
+            ]
+            env = [
+                e["name"] for e in topped.get("env") or [] if e not in (container.get("env") or [])
+            ]
+            what = [f"mounts {', '.join(added)}"] if added else []
+            what += [f"env {', '.join(env)}"] if env else []
+            name = container["name"]
+            changes.append(f"container {name!r} got the sidecar's {' and '.join(what)}")
+        app_after.append(topped)
+    volumes_before = _named_list(spec, "volumes", "spec.volumes")
+    have = {v["name"] for v in volumes_before}
+    missing = [copy.deepcopy(v) for v in inject.volumes if v["name"] not in have]
+    if missing:
+        changes.append(f"volumes {', '.join(v['name'] for v in missing)} were added back")
+    patch: list[Json] = []
+    _field_patch(patch, spec, "containers", app_before, app_after)
+    _field_patch(patch, spec, "volumes", volumes_before, volumes_before + missing)
+    return Mutation(patch=patch, warnings=warnings, changes=changes)
 
 
 # --- the rendering's spec --------------------------------------------------------
@@ -242,6 +381,81 @@ def _prepare(container: Json, inject: _Spec) -> Json:
     return out
 
 
+def _clashes(
+    init_before: list[Json], app_before: list[Json], volumes_before: list[Json], inject: _Spec
+) -> list[Refusal]:
+    """The pod's own containers and volumes that share a name with the template's.
+
+    A container of the pod named like the sidecar would be replaced by it, or
+    (an init container) keep the sidecar out while the app still waits for it
+    in its postStart command; one named like the template's init container
+    would replace it or keep it out, and the sidecar would start on data that
+    was never moved aside. A volume would be replaced by the template's. Entries
+    equal to the template's (a pod made from an injected one) are no clash.
+    """
+    refusals: list[Refusal] = []
+    pod_init = {c["name"]: c for c in init_before}
+    pod_app = {c["name"]: c for c in app_before}
+    template_app = {c["name"] for c in inject.containers}
+
+    def clash(message: str) -> None:
+        refusals.append(Refusal("container-clash", message))
+
+    for container in inject.containers:
+        name = container["name"]
+        if name in pod_init:
+            clash(f"the pod has an init container named {name!r}, like the template's container")
+        elif name in pod_app and pod_app[name] != _prepare(container, inject):
+            clash(f"the pod has its own container named {name!r}, like the template's container")
+    for container in inject.init_containers:
+        name = container["name"]
+        if name in pod_app or name in template_app:
+            clash(f"the pod has a container named {name!r}, like the template's init container")
+        elif name in pod_init and pod_init[name] != _prepare(container, inject):
+            clash(
+                f"the pod has its own init container named {name!r}, like the template's "
+                "init container"
+            )
+    pod_volumes = {v["name"]: v for v in volumes_before}
+    for volume in inject.volumes:
+        name = volume["name"]
+        if name in pod_volumes and pod_volumes[name] != volume:
+            refusals.append(
+                Refusal(
+                    "volume-clash",
+                    f"the pod has its own volume named {name!r}, like a volume the template "
+                    "adds; it would be replaced",
+                )
+            )
+    return refusals
+
+
+def _missing_volumes(inject: _Spec, pod_volumes: set[str]) -> list[Refusal]:
+    """Template mounts of volumes neither the pod nor the template has.
+
+    In Chaos Mesh's template that is the data volume, named by the config's
+    ``VolumeName``: when the pod calls its data volume otherwise, the sidecar
+    and the app would mount a volume that does not exist.
+    """
+    available = pod_volumes | {v["name"] for v in inject.volumes}
+    wanted: list[str] = []
+    containers = [*inject.init_containers, *inject.containers]
+    for mount in inject.volume_mounts + [
+        m for c in containers for m in c.get("volumeMounts") or [] if isinstance(m, dict)
+    ]:
+        name = mount.get("name")
+        if name not in available and name not in wanted:
+            wanted.append(name)
+    return [
+        Refusal(
+            "missing-volume",
+            f"the template mounts volume {name!r}, which the pod does not have (the config's "
+            "VolumeName must be the name of the pod's data volume)",
+        )
+        for name in wanted
+    ]
+
+
 def _no_clash(name: str, others: set[str], kind: str, other_kind: str, warnings: list[str]) -> bool:
     if name in others:
         warnings.append(f"{kind} {name!r} not injected: the pod has {other_kind} of that name")
@@ -276,7 +490,16 @@ def _place(
     return out
 
 
-def _mount_into(container: Json, mounts: list[Json], warnings: list[str]) -> Json:
+def _mount_into(
+    container: Json,
+    mounts: list[Json],
+    warnings: list[str],
+    pod_volumes: set[str] | None = None,
+    lost: list[str] | None = None,
+) -> Json:
+    """The container with the spec's mounts; a mount of one of ``pod_volumes`` that
+    would be dropped or show the volume elsewhere is reported in ``lost``: the app
+    would no longer find its data where it looks for it."""
     if not mounts:
         return container
     existing = _list_of_objects(
@@ -284,6 +507,7 @@ def _mount_into(container: Json, mounts: list[Json], warnings: list[str]) -> Jso
     )
     by_name = {m["name"]: m for m in mounts}
     paths = {m["mountPath"]: m for m in mounts}
+    own = pod_volumes or set()
     placed: set[str] = set()
     out: list[Json] = []
     for mount in existing:
@@ -298,17 +522,72 @@ def _mount_into(container: Json, mounts: list[Json], warnings: list[str]) -> Jso
                     f"container {container['name']!r}: its mount of volume {name!r} at {path!r} "
                     f"was replaced by the injected one at {new['mountPath']!r}"
                 )
+                if name in own and lost is not None:
+                    lost.append(
+                        f"container {container['name']!r} mounts volume {name!r} at {path!r}"
+                        f"{_sub(mount)}; the template mounts it at {new['mountPath']!r}"
+                        f"{_sub(new)}, so the app would not find its data"
+                    )
         elif path in paths:
             warnings.append(
                 f"container {container['name']!r}: its mount of volume {name!r} at {path!r} "
                 f"was replaced by the injected mount of volume {paths[path]['name']!r}"
             )
+            if name in own and lost is not None:
+                lost.append(
+                    f"container {container['name']!r} mounts volume {name!r} at {path!r}, "
+                    f"where the template mounts volume {paths[path]['name']!r}: the app would "
+                    f"lose its mount (is {name!r} the data volume? the config's VolumeName "
+                    "must name it)"
+                )
         else:
             out.append(mount)
     out.extend(copy.deepcopy(m) for m in mounts if m["name"] not in placed)
     if out == existing and "volumeMounts" in container:
         return container
     return {**container, "volumeMounts": out}
+
+
+def _sub(mount: Json) -> str:
+    sub = mount.get("subPath") or mount.get("subPathExpr")
+    return f" (subPath {sub!r})" if sub else ""
+
+
+def _add_mounts(container: Json, mounts: list[Json], warnings: list[str]) -> Json:
+    """The spec's mounts the container lacks by name, where its path is free."""
+    existing = _list_of_objects(
+        container.get("volumeMounts"), f"container {container['name']!r} volumeMounts"
+    )
+    names = {m.get("name") for m in existing}
+    paths = {m.get("mountPath") for m in existing}
+    added: list[Json] = []
+    for mount in mounts:
+        if mount["name"] in names:
+            continue
+        if mount["mountPath"] in paths:
+            warnings.append(
+                f"container {container['name']!r} already mounts something at "
+                f"{mount['mountPath']!r}: the sidecar's mount of volume {mount['name']!r} "
+                "was not added"
+            )
+            continue
+        added.append(copy.deepcopy(mount))
+    if not added:
+        return container
+    return {**container, "volumeMounts": existing + added}
+
+
+def _add_env(container: Json, env: list[Json]) -> Json:
+    """Chaos Mesh v0.9's rule: add the variables the container lacks, by name;
+    one it sets keeps the container's value."""
+    if not env:
+        return container
+    existing = _list_of_objects(container.get("env"), f"container {container['name']!r} env")
+    have = {e.get("name") for e in existing}
+    added = [copy.deepcopy(e) for e in env if e["name"] not in have]
+    if not added:
+        return container
+    return {**container, "env": existing + added}
 
 
 def _view(mount: Json) -> tuple[Any, ...]:
@@ -394,8 +673,9 @@ def _annotation_patch(pod: Json, prefix: str) -> list[Json]:
     if not isinstance(metadata, dict):
         raise MutationError("the pod's metadata is not an object")
     annotations = metadata.get("annotations")
-    if annotations is None:
-        # No annotations map (or null): a pointer into it would not resolve.
+    if annotations is None or annotations == {}:
+        # No annotations map (or null, or empty, which the API server's encoding
+        # leaves out): a pointer into it would not resolve.
         value = {key: STATUS_INJECTED}
         return [{"op": "add", "path": "/metadata/annotations", "value": value}]
     if not isinstance(annotations, dict):
@@ -414,8 +694,11 @@ def _field_patch(
 
 
 def _set(patch: list[Json], spec: Json, key: str, value: Any) -> None:
-    # "replace" needs the member to exist (even as null); "add" creates it.
-    op = "replace" if key in spec else "add"
+    # The API server applies the patch to its own encoding of the pod, which
+    # leaves out null and empty optional fields: "replace" would fail there on
+    # a member the webhook saw as null or []. "add" sets a member whether it
+    # exists or not; "replace" is kept where the member surely exists.
+    op = "replace" if spec.get(key) not in (None, [], {}, False) else "add"
     patch.append({"op": op, "path": f"/spec/{key}", "value": value})
 
 
