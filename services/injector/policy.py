@@ -3,7 +3,10 @@
 In order, as Chaos Mesh checks them:
 
 1. pods in ``kube-system`` and ``kube-public`` are never touched;
-2. a pod whose ``<prefix>/status`` annotation is ``injected`` is done already;
+2. a pod whose ``<prefix>/status`` annotation is ``injected`` is done already
+   (the config it asks for is still looked up, as ``injected_with``: the API
+   server calls the webhook again after later webhooks changed the pod, and a
+   container they added needs the sidecar's mounts, see ``mutate.complete``);
 3. the config name comes from the pod's ``<prefix>/request`` annotation, else
    from its namespace's ``<prefix>/request-<pod name>`` annotation, else from
    the namespace's ``<prefix>/init-request``; lower-cased, as Chaos Mesh does;
@@ -38,12 +41,16 @@ class View(Protocol):
 
     def namespace_annotations(self, namespace: str) -> Mapping[str, str]: ...
 
+    def namespace_labels(self, namespace: str) -> Mapping[str, str]: ...
+
 
 @dataclass(frozen=True)
 class Decision:
     rendering: Rendering | None
     reason: str  # why injected (where the request came from) or why skipped
     config: str = ""
+    # For a pod already injected: the rendering it asks for, to complete it with.
+    injected_with: Rendering | None = None
 
     @property
     def inject(self) -> bool:
@@ -82,7 +89,16 @@ def decide(pod: Any, namespace: str, state: View, prefix: str) -> Decision:
     if namespace in SYSTEM_NAMESPACES:
         return Decision(None, f"namespace {namespace} is never injected")
     if annotations.get(status_key(prefix), "").lower() == STATUS_INJECTED:
-        return Decision(None, f"already injected ({status_key(prefix)}: {STATUS_INJECTED})")
+        done = f"already injected ({status_key(prefix)}: {STATUS_INJECTED})"
+        if not state.ready:
+            return Decision(None, done)
+        config, _ = requested(annotations, name, state.namespace_annotations(namespace), prefix)
+        rendering = state.rendering(namespace, config) if config else None
+        if rendering is None:
+            return Decision(None, done, config)
+        labels = string_map(meta.get("labels"))
+        ok, _ = selector.match(rendering.selector, labels, annotations, namespace)
+        return Decision(None, done, config, injected_with=rendering if ok else None)
     if not state.ready:
         return Decision(None, "the injector has not loaded its renderings from NATS yet")
 

@@ -36,7 +36,7 @@ from chaosbus.injection import (
 from chaosbus.subjects import decode_token
 
 from .metrics import Metrics
-from .state import State
+from .state import NamespaceInfo, State
 
 BACKOFF_START = 0.1
 BACKOFF_MAX = 2.0
@@ -68,7 +68,15 @@ def decode_rendering(key: str, value: bytes) -> tuple[tuple[str, str], Rendering
     return ident, rendering
 
 
-def decode_namespace(key: str, value: bytes) -> tuple[str, dict[str, str] | None]:
+def _strings(doc: dict[str, Any], key: str) -> dict[str, str]:
+    value = doc.get(key) or {}
+    if not isinstance(value, dict):
+        raise BadValue(f"{key} must be a map")
+    # Only strings can hold a request or a level; the rest are not ours to judge.
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def decode_namespace(key: str, value: bytes) -> tuple[str, NamespaceInfo | None]:
     name = decode_token(key)
     if not value:
         return name, None
@@ -76,11 +84,24 @@ def decode_namespace(key: str, value: bytes) -> tuple[str, dict[str, str] | None
         doc = codec.decode(value, limit=MAX_VALUE_BYTES)
     except ValueError as exc:
         raise BadValue(str(exc)) from None
-    annotations = doc.get("annotations") or {}
-    if not isinstance(annotations, dict):
-        raise BadValue("annotations must be a map")
-    # Only string annotations can hold a request; the rest are not ours to judge.
-    return name, {k: v for k, v in annotations.items() if isinstance(k, str) and isinstance(v, str)}
+    if not isinstance(doc, dict):
+        raise BadValue("a namespace value must be a map")
+    # "labels" is optional: a template-watcher that mirrors only annotations
+    # leaves it out, and the namespace then enforces no Pod Security level here.
+    return name, NamespaceInfo(_strings(doc, "annotations"), _strings(doc, "labels"))
+
+
+class _NamespaceTarget:
+    """The NAMESPACES bucket's updates, applied to both of the state's maps."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def pop(self, name: str, default: Any = None) -> None:
+        self.state.put_namespace(name, None)
+
+    def __setitem__(self, name: str, info: NamespaceInfo) -> None:
+        self.state.put_namespace(name, info)
 
 
 DECODERS: dict[str, Decoder] = {
@@ -245,7 +266,7 @@ class StoreSync:
                     if bucket == RENDERINGS_BUCKET:
                         self.state.renderings = snapshot
                     else:
-                        self.state.namespaces = snapshot
+                        self.state.load_namespaces(snapshot)
                     was_ready = self.state.ready
                     self.state.loaded.add(bucket)
                     initial = False
@@ -255,6 +276,8 @@ class StoreSync:
                         self.log.info("ready", **self.state.summary())
                 continue
             target = snapshot if initial else self._target(bucket)
+            if not initial and bucket == NAMESPACES_BUCKET:
+                target = _NamespaceTarget(self.state)
             deleted = entry.operation in (KV_DEL, KV_PURGE)
             try:
                 ident, value = decode(entry.key, b"" if deleted else (entry.value or b""))
