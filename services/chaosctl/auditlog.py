@@ -11,9 +11,18 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from chaosbus import codec
 from chaosbus.audit import STREAM, SUBJECT_ROOT
-from chaosbus.subjects import encode_token
+from chaosbus.subjects import decode_token, encode_token
 
 from .client import Session
+
+
+def stamp(subject: str) -> dict[str, str]:
+    """Where an event really came from: the subject it was published on, which NATS
+    permissions tie to the publishing role (``chaosbus.audit.<service>.<kind>``),
+    unlike the ``service`` and ``actor`` its body claims."""
+    parts = subject.split(".")
+    origin = decode_token(parts[2]) if len(parts) > 3 else "?"
+    return {"subject": subject, "origin": origin}
 
 
 async def events(
@@ -24,10 +33,12 @@ async def events(
     kind: str | None,
     pod: str | None,
     follow: bool,
+    service: str | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Events from the stream, oldest first; without ``follow``, stop when caught up."""
     js = s.nc.jetstream()
-    subject = f"{SUBJECT_ROOT}.*.{encode_token(kind)}" if kind else f"{SUBJECT_ROOT}.>"
+    by = encode_token(service) if service else "*"
+    subject = f"{SUBJECT_ROOT}.{by}.{encode_token(kind) if kind else '*'}"
     config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
     if since_seq is not None:
         config = ConsumerConfig(
@@ -51,8 +62,10 @@ async def events(
                 return  # nothing (more) to replay
             try:
                 event = codec.decode(msg.data, limit=1 << 24)
-            except codec.DecodeError:
-                continue
+            except codec.DecodeError as exc:
+                # Shown, not hidden: an unreadable event is itself worth seeing.
+                event = {"kind": "(malformed)", "malformed": str(exc)[:200]}
+            event.update(stamp(msg.subject))
             event["seq"] = msg.metadata.sequence.stream
             if pod is None or event.get("pod") == pod:
                 yield event

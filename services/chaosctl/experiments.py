@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import nats.errors
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
@@ -36,7 +35,7 @@ from nats.js.errors import (
 )
 
 from chaosbus import codec
-from chaosbus.audit import STREAM, SUBJECT_ROOT, audit_subject, ensure_stream, make_event
+from chaosbus.audit import STREAM, audit_subject, ensure_stream, make_event
 from chaosbus.experiments.manifests import MAX_DOCUMENT_BYTES, load_documents
 from chaosbus.experiments.spec import Experiment, SpecError, parse_manifest
 from chaosbus.experiments.store import (
@@ -49,6 +48,7 @@ from chaosbus.experiments.store import (
 )
 
 from . import experiment_output as show
+from .auditlog import events
 from .client import Refused, Session, Unreachable
 from .commands import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, Outcome, actor
 from .rulespec import UsageError
@@ -463,39 +463,13 @@ async def audit_rejection(s: Session, rejected: Rejected) -> list[str]:
 
 async def experiment_events(s: Session, ref: str) -> list[dict[str, Any]]:
     """The controller's audit events about one experiment, oldest first."""
-    js = s.nc.jetstream(timeout=s.timeout)
-    subject = f"{SUBJECT_ROOT}.controller.>"
-    try:
-        info = await js.stream_info(STREAM, subjects_filter=subject)
-    except NotFoundError:
-        return []
-    if not info.state.subjects:
-        return []  # none from the controller: do not wait for messages that never come
-    sub = await js.subscribe(
-        subject,
-        stream=STREAM,
-        ordered_consumer=True,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    replay = events(
+        s, since=None, since_seq=None, kind=None, pod=None, follow=False, service="controller"
     )
-    found: list[dict[str, Any]] = []
     try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=max(s.timeout, 1.0))
-            except nats.errors.TimeoutError:
-                break
-            try:
-                event = codec.decode(msg.data, limit=1 << 24)
-            except codec.DecodeError:
-                event = {}
-            if isinstance(event, dict) and event.get("experiment") == ref:
-                event["seq"] = msg.metadata.sequence.stream
-                found.append(event)
-            if msg.metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
-    return found
+        return [event async for event in replay if event.get("experiment") == ref]
+    except NotFoundError:
+        return []  # no audit stream yet
 
 
 # --- apply --------------------------------------------------------------------------------------

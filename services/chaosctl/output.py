@@ -286,16 +286,18 @@ def audit_line(event: dict[str, Any]) -> str:
         when = datetime.datetime.fromtimestamp(registry.last_seen(event), datetime.UTC)
     except (OverflowError, OSError, ValueError):
         when = datetime.datetime.fromtimestamp(0, datetime.UTC)
-    details = {
-        k: v
-        for k, v in event.items()
-        if k not in ("v", "id", "time", "kind", "pod", "actor", "service", "host")
-    }
+    hidden = ("v", "id", "time", "kind", "pod", "actor", "service", "host", "subject", "origin")
+    details = {k: v for k, v in event.items() if k not in hidden}
     extra = " ".join(f"{k}={v}" for k, v in details.items())
     pod = event.get("pod") or "-"
+    # The origin is the subject's service, which NATS permissions vouch for; the body's
+    # service is only a claim, shown when it disagrees.
+    origin = event.get("origin") or event.get("service")
+    claim = event.get("service")
+    claimed = f" (body claims service={claim})" if "origin" in event and claim != origin else ""
     return (
-        f"{when:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + f"Z {event.get('kind')!s:<20} {pod!s:<28} "
-        f"by {event.get('actor')} {extra}"
+        f"{when:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + f"Z [{origin}] {event.get('kind')!s:<20} "
+        f"{pod!s:<28} by {event.get('actor')}{claimed} {extra}"
     ).rstrip()
 
 
