@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from chaosbus.labels import Selector
 from chaosbus.logs import configure
 from chaosbus.metrics import start_metrics
 from chaosbus.sizes import parse_size
+from chaosbus.supervise import supervised
 
 from .core import TemplateWatcher
 from .fleet_monitor import monitor
@@ -66,7 +67,10 @@ def default_namespace() -> str:
         return "default"
 
 
-async def _streams(args: argparse.Namespace, namespace: str, log: Any) -> dict[str, AsyncIterator]:
+async def _streams(
+    args: argparse.Namespace, namespace: str, log: Any
+) -> dict[str, Callable[[], AsyncIterator]]:
+    """A way to open each stream; opened again (starting with a fresh list) if it fails."""
     if args.source.startswith("dir:"):
         from .dir_source import watch_dir
 
@@ -93,9 +97,9 @@ async def _streams(args: argparse.Namespace, namespace: str, log: Any) -> dict[s
     else:
         raise SystemExit(f"chaos-template-watcher: unknown --source {args.source!r}")
     return {
-        "templates": stream("configmaps", namespace, args.template_labels),
-        "configs": stream("configmaps", None, args.config_labels),
-        "namespaces": stream("namespaces", None, None),
+        "templates": lambda: stream("configmaps", namespace, args.template_labels),
+        "configs": lambda: stream("configmaps", None, args.config_labels),
+        "namespaces": lambda: stream("namespaces", None, None),
     }
 
 
@@ -144,9 +148,16 @@ async def run(args: argparse.Namespace) -> int:
         template_labels=args.template_labels,
         config_labels=args.config_labels,
     )
-    tasks = [asyncio.create_task(_consume(watcher, n, s, log)) for n, s in streams.items()]
-    tasks.append(asyncio.create_task(_resync(watcher, log)))
-    tasks.append(asyncio.create_task(monitor(nc, audit, log)))
+
+    def consume(name: str, open_stream: Callable[[], AsyncIterator]) -> Callable[[], Any]:
+        return lambda: _consume(watcher, name, open_stream(), log)
+
+    jobs: dict[str, Callable[[], Any]] = {
+        **{f"watch {n}": consume(n, opener) for n, opener in streams.items()},
+        "resync": lambda: _resync(watcher, log),
+        "fleet monitor": lambda: monitor(nc, audit, log),
+    }
+    tasks = [asyncio.create_task(supervised(n, job, log), name=n) for n, job in jobs.items()]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
