@@ -229,14 +229,16 @@ class Engine:
             await self.store.delete_status(t.ref)
             t.status, t.revision, st = None, 0, None
         if exp is None:
-            return await self._fail(t, t.error or "invalid experiment")
+            await self._fail(t, t.error or "invalid experiment")
+            return None
         if exp.selector.needs_kubernetes() and not self.pods.kubernetes:
             fields = ", ".join(exp.selector.kubernetes_fields())
-            return await self._fail(
+            await self._fail(
                 t,
                 f"spec.selector: {fields} need the Kubernetes API (run chaos-controller "
                 "with --kubernetes)",
             )
+            return None
         if t.changed and st is not None:
             # Edited: the old rules come off, and a run with the new spec begins
             # (or, if paused, begins on resume).
@@ -509,18 +511,18 @@ class Engine:
         return st.next_run
 
     async def _fail(self, t: Tracked, reason: str) -> None:
+        """Record the experiment as Failed (recovering a run in force first), once per reason."""
         st = t.status
         if st is None:
             st = Status(uid=t.entry.uid if t.entry else "")
         elif st.phase in ACTIVE:
             await self._recover(t, st, reason="invalid spec")
         if st.phase == "Failed" and st.message == reason:
-            return None
+            return
         st.phase, st.message = "Failed", reason
         _condition(st, "Valid", "False", "Invalid", reason, self.clock())
         await self._write(t, st)
         self._audit("experiment.failed", t.ref, entry=t.entry, reason=reason)
-        return None
 
     async def _delete(self, t: Tracked) -> None:
         """Recover every pod, then remove the experiment and its status."""
@@ -628,7 +630,7 @@ def _next_tick(schedule: Schedule, now: float, ends_at: float | None) -> float:
         if ends_at is None or tick >= ends_at:
             return tick
         tick = schedule.next_after(tick)
-    return schedule.next_after(ends_at)
+    return schedule.next_after(ends_at if ends_at is not None else now)
 
 
 def _invalid(st: Status) -> bool:

@@ -265,7 +265,9 @@ class KubeSource:
                 continue
             (obj,) = event.objects
             if not _named(obj):
-                self.log.warning("kube object without a name", kind=kind.plural, event=event.type)
+                self.log.warning(
+                    "kube object without a name", kind=kind.plural, event_type=event.type
+                )
                 continue
             ref = _ref(obj)
             if event.type == "DELETED":

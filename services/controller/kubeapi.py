@@ -43,5 +43,6 @@ async def call_json(
     finally:
         resp.release()
     if not 200 <= resp.status <= 299:
-        raise ApiException(http_resp=RESTResponse(resp, body))
+        # The client raises exactly this itself; its type stub names the raw response.
+        raise ApiException(http_resp=RESTResponse(resp, body))  # type: ignore[arg-type]
     return json.loads(body) if body else {}

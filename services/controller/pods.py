@@ -107,7 +107,8 @@ class KubePods:
         fields = ",".join(f"{k}={_escape(v)}" for k, v in selector.fields) or None
         wanted = dict(selector.annotations)
         items: list[PodInfo] = []
-        for namespace in sorted(include_ns) or [None]:
+        namespaces: list[str | None] = [*sorted(include_ns)] or [None]  # None: all
+        for namespace in namespaces:
             items += await self._list_pods(
                 namespace, labels=labels, fields=fields, annotations=wanted
             )

@@ -227,10 +227,11 @@ def from_parts(
         unknown = sorted(str(k) for k in set(expr) - {"key", "operator", "values"})
         if unknown:
             raise _error(f"{where}.{unknown[0]}: unknown field")
-        key = expr.get("key")
-        problem = key_problem(key)
-        if problem:
-            raise _error(f"{where}.key: {problem}")
+        raw_key = expr.get("key")
+        problem = key_problem(raw_key)
+        if problem or not isinstance(raw_key, str):
+            raise _error(f"{where}.key: {problem or 'must be a string'}")
+        key = raw_key
         operator = expr.get("operator")
         if not isinstance(operator, str) or operator not in _OPERATORS:
             raise _error(

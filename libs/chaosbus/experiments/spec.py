@@ -416,7 +416,12 @@ def parse_manifest(doc: Any, *, default_namespace: str = "default") -> Experimen
     if not isinstance(spec, dict):
         raise SpecError(f"spec: must be a map, got {type_name(spec)}")
 
-    head = {"namespace": namespace, "name": name, "api_version": api_version, "kind": kind}
+    head: dict[str, str] = {
+        "namespace": namespace,
+        "name": name,
+        "api_version": str(api_version),
+        "kind": str(kind),
+    }
     warnings: list[str] = []
     if api_version == PINGCAP_API:
         warnings.append(
