@@ -36,6 +36,7 @@ cannot know: that an argument must not change the YAML structure it is pasted in
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import operator
 import re
@@ -312,6 +313,7 @@ class _Lexer:
         if not self.at_terminator(end):
             raise self.error(end, f"bad character {_go_rune(self.text[end])}")
         word = self.text[pos:end]
+        value: Any
         if kind is _K.FIELD:
             kind, value = (_K.DOT, None) if word == "." else (_K.FIELD, word[1:])
         elif kind is _K.VARIABLE:
@@ -1179,7 +1181,7 @@ class _Exec:
     def call(
         self, dot: Any, func: _Func, args: Sequence[_Expr], final: Any, where: _Command | _Func
     ) -> Any:
-        thunks: list[Callable[[], Any]] = [lambda a=a: self.arg(dot, a) for a in args]
+        thunks: list[Callable[[], Any]] = [functools.partial(self.arg, dot, a) for a in args]
         if final is not _NONE:
             thunks.append(lambda: final)
         if func.name in ("and", "or"):

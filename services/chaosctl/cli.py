@@ -16,7 +16,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from chaosbus.bus import add_bus_arguments, auth_from_args, default_url
 from chaosbus.durations import parse_duration
@@ -186,7 +186,7 @@ def _experiment_parsers(top: argparse._SubParsersAction, common: argparse.Argume
         p.add_argument("ref", metavar="NAMESPACE/NAME")
 
 
-HANDLERS = {
+HANDLERS: dict[tuple[str, str | None], Callable[..., Awaitable[Outcome]]] = {
     ("fault", "set"): commands.fault_set,
     ("fault", "broadcast"): commands.fault_broadcast,
     ("fault", "recover"): commands.fault_recover,

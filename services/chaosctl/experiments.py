@@ -196,7 +196,8 @@ def identity(doc: Any, default_namespace: str) -> tuple[str | None, str | None]:
     if not isinstance(doc, dict):
         return None, None
     kind = doc.get("kind") if isinstance(doc.get("kind"), str) else None
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    raw_meta = doc.get("metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     name = meta.get("name") if isinstance(meta.get("name"), str) and meta.get("name") else None
     namespace = meta.get("namespace")
     if not isinstance(namespace, str) or not namespace:

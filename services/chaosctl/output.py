@@ -252,7 +252,9 @@ def _n(count: int, word: str, plural: str | None = None) -> str:
 def sidecars(entries: list[dict[str, Any]]) -> str:
     if not entries:
         return "no sidecars registered"
-    rows = [("POD", "STATE", "VERSION", "UPTIME", "HEARTBEAT", "RULES", "FIRED", "MOUNTPOINT")]
+    rows: list[tuple[str, ...]] = [
+        ("POD", "STATE", "VERSION", "UPTIME", "HEARTBEAT", "RULES", "FIRED", "MOUNTPOINT")
+    ]
     now = time.time()
     for e in entries:
         try:

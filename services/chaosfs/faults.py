@@ -472,7 +472,7 @@ class FaultEngine:
         return out
 
     def drain_events(self, limit: int) -> list[tuple]:
-        out = []
+        out: list[tuple] = []
         while self.events and len(out) < limit:
             out.append(self.events.popleft())
         return out

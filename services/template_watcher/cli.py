@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from chaosbus.audit import AuditLog, ensure_stream
 from chaosbus.bus import add_bus_arguments, auth_from_args, connect, default_url
@@ -88,12 +88,14 @@ async def _streams(
                 log=log,
             )
     elif args.source == "kubernetes":
-        from .kube_source import make_api_client, watch_objects
+        from .kube_source import Kind, make_api_client, watch_objects
 
         api = await make_api_client(args.kubeconfig)
 
         def stream(kind: str, ns: str | None, labels: str | None) -> AsyncIterator:
-            return watch_objects(api, kind, namespace=ns, label_selector=labels, log=log)
+            return watch_objects(
+                api, cast(Kind, kind), namespace=ns, label_selector=labels, log=log
+            )
     else:
         raise SystemExit(f"chaos-template-watcher: unknown --source {args.source!r}")
     return {

@@ -99,12 +99,13 @@ class TemplateWatcher:
                 await self._reconcile()
                 self.reconciled.set()
 
-    def _table(self, stream: str) -> dict:
-        return {
+    def _table(self, stream: str) -> dict[Any, Any]:
+        tables: dict[str, dict[Any, Any]] = {
             "templates": self.templates,
             "configs": self.configmaps,
             "namespaces": self.namespaces,
-        }[stream]
+        }
+        return tables[stream]
 
     @staticmethod
     def _key(stream: str, obj: dict[str, Any]) -> Any:
