@@ -27,9 +27,11 @@ $(VENV)/.installed: pyproject.toml
 lint: setup
 	$(VENV)/bin/ruff check libs services tests bench demo deploy
 	$(VENV)/bin/ruff format --check libs services tests bench demo deploy
+	$(VENV)/bin/mypy
 
 test: setup
 	$(VENV)/bin/ruff check libs services tests bench demo deploy
+	$(VENV)/bin/mypy
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
