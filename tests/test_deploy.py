@@ -432,7 +432,8 @@ def test_injector_webhook(overlay):
         "path": "/inject-v1-pod",
         "port": 443,
     }
-    assert hook["sideEffects"] == "None"
+    # Its audit events are side effects, skipped for dry runs.
+    assert hook["sideEffects"] == "NoneOnDryRun"
     assert hook["failurePolicy"] == "Ignore"
     assert hook["admissionReviewVersions"] == ["v1", "v1beta1"]
     assert hook["timeoutSeconds"] == 5
@@ -450,6 +451,10 @@ def test_injector_webhook(overlay):
     assert expression["key"] == "kubernetes.io/metadata.name"
     assert expression["operator"] == "NotIn"
     assert {"kube-system", NAMESPACE} <= set(expression["values"])
+    # prod calls it only for namespaces that opt in with Chaos Mesh's label; dev
+    # (and base) for every other namespace.
+    opt_in = {"admission-webhook": "enabled"} if overlay == "prod" else None
+    assert hook["namespaceSelector"].get("matchLabels") == opt_in
     # Service 443 -> the container's webhook port -> the address it listens on.
     service = find(docs, "Service", "chaos-injector")
     (port,) = service["spec"]["ports"]

@@ -33,6 +33,8 @@ from test_injector_mutate import (
 )
 
 from chaosbus import codec
+from chaosbus.audit import STREAM as AUDIT_STREAM
+from chaosbus.audit import SUBJECT_ROOT
 from chaosbus.injection import NAMESPACES_BUCKET, RENDERINGS_BUCKET, Rendering, rendering_key
 from conftest import BIN, NatsServer, free_port, wait_for
 from injector.certs import write_self_signed
@@ -67,8 +69,44 @@ def put_rendering(url: str, rendering: Rendering) -> None:
     kv_op(url, RENDERINGS_BUCKET, "put", key, codec.encode(rendering.to_wire()))
 
 
-def put_namespace(url: str, namespace: str, annotations: dict[str, str]) -> None:
-    kv_op(url, NAMESPACES_BUCKET, "put", namespace, codec.encode({"annotations": annotations}))
+def put_namespace(
+    url: str, namespace: str, annotations: dict[str, str], labels: dict[str, str] | None = None
+) -> None:
+    value: dict[str, Any] = {"annotations": annotations}
+    if labels is not None:
+        value["labels"] = labels  # as a template-watcher that mirrors labels writes it
+    kv_op(url, NAMESPACES_BUCKET, "put", namespace, codec.encode(value))
+
+
+def create_audit_stream(url: str) -> None:
+    async def run() -> None:
+        nc = await nats.connect(url)
+        try:
+            await nc.jetstream().add_stream(name=AUDIT_STREAM, subjects=[f"{SUBJECT_ROOT}.>"])
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
+
+
+def audit_events(url: str) -> list[dict[str, Any]]:
+    """Every event in the AUDIT stream, oldest first."""
+
+    async def run() -> list[dict[str, Any]]:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            state = (await js.stream_info(AUDIT_STREAM)).state
+            if not state.messages:
+                return []
+            return [
+                codec.decode((await js.get_msg(AUDIT_STREAM, seq)).data)
+                for seq in range(state.first_seq, state.last_seq + 1)
+            ]
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
 
 
 def create_buckets(url: str) -> None:
@@ -405,3 +443,79 @@ def test_hypothesis_reviews_over_https_never_fail(ready_injector: Injector) -> N
         status, _ = client.review(junk)
         assert status == 400
     assert ready_injector.proc is not None and ready_injector.proc.poll() is None
+
+
+def test_dry_runs_and_silent_reinvocations_leave_no_audit_record(
+    injector: Injector, nats_server: NatsServer
+) -> None:
+    url = nats_server.url
+    create_buckets(url)
+    create_audit_stream(url)
+    put_rendering(url, tikv_rendering())
+    injector.start()
+    injector.wait_ready()
+    client = injector.client
+    pod = tikv_pod(annotations={REQUEST: "chaosfs-tikv"})
+
+    def dry(body: bytes) -> bytes:
+        doc = json.loads(body)
+        doc["request"]["dryRun"] = True
+        return json.dumps(doc).encode()
+
+    # kubectl apply --dry-run=server: the same patch, for a pod never created.
+    status, dry_answer = client.review(dry(review_body(pod, uid="dry")))
+    assert status == 200 and "patch" in dry_answer["response"]
+    status, real = client.review(review_body(pod, uid="real"))
+    assert real["response"]["patch"] == dry_answer["response"]["patch"]
+    injected = patched(pod, real)
+
+    # The API server's second call after its ServiceAccount plugin added token mounts.
+    tokens = copy.deepcopy(injected)
+    tokens["spec"]["volumes"].append({"name": "kube-api-access-1", "projected": {"sources": []}})
+    for c in tokens["spec"]["containers"]:
+        c["volumeMounts"].append({"name": "kube-api-access-1", "mountPath": "/var/run/secrets"})
+    status, again = client.review(review_body(tokens, uid="sa"))
+    assert status == 200 and "patch" not in again["response"]
+
+    # A refusal: the pod's init container has the sidecar's name.
+    clash = tikv_pod(annotations={REQUEST: "chaosfs-tikv"})
+    clash["spec"]["initContainers"] = [{"name": "chaosfs", "image": "example/prepare"}]
+    status, refused = client.review(review_body(clash, uid="refused"))
+    assert "patch" not in refused["response"]
+    assert "init container named 'chaosfs'" in refused["response"]["warnings"][0]
+
+    # Events are published in order: once the last is there, so are the others.
+    wait_for(
+        lambda: any(e.get("uid") == "refused" for e in audit_events(url)),
+        what=f"the refusal in the audit trail (log: {injector.log})",
+    )
+    pods = {e["uid"]: e["kind"] for e in audit_events(url) if e.get("uid")}
+    assert pods == {"real": "pod.injected", "refused": "pod.refused"}
+    metrics = injector.metrics()
+    assert 'chaos_injector_admissions_total{outcome="injected"} 1.0' in metrics
+    assert 'chaos_injector_admissions_total{outcome="skipped"} 1.0' in metrics
+    assert 'chaos_injector_refusals_total{rule="container-clash"} 1.0' in metrics
+    assert 'chaos_injector_dry_runs_total{outcome="injected"} 1.0' in metrics
+    assert 'chaos_injector_reinvocations_total{result="unchanged"} 1.0' in metrics
+
+
+def test_a_namespace_enforcing_pod_security_gets_no_privileged_sidecar(
+    ready_injector: Injector, nats_server: NatsServer
+) -> None:
+    url, client = nats_server.url, ready_injector.client
+    pod = tikv_pod(annotations={REQUEST: "chaosfs-tikv"})
+    enforce = "pod-security.kubernetes.io/enforce"
+    put_namespace(url, "tidb", {}, labels={enforce: "baseline"})
+
+    def refused() -> bool:
+        status, answer = client.review(review_body(pod))
+        return status == 200 and "patch" not in answer["response"]
+
+    wait_for(refused, timeout=5, what="the namespace's label at the injector")
+    _, answer = client.review(review_body(pod))
+    warning = answer["response"]["warnings"][0]
+    assert "enforces the Pod Security level 'baseline'" in warning
+    assert "container 'chaosfs' is privileged" in warning
+    put_namespace(url, "tidb", {}, labels={enforce: "privileged"})
+    wait_for(lambda: image_of_chaosfs(client, pod) is not None, timeout=5, what="injection")
+    assert 'chaos_injector_refusals_total{rule="pod-security"}' in ready_injector.metrics()

@@ -277,8 +277,12 @@ def test_injected_containers_get_env_and_the_mounts_they_lack() -> None:
     chaosfs = result["spec"]["containers"][1]
     assert chaosfs["env"] == [{"name": "TZ", "value": "UTC"}, {"name": "CHAOS", "value": "on"}]
     assert result["spec"]["initContainers"][0]["env"] == env
-    # Existing app containers keep their env: only injected ones get the spec's.
-    assert result["spec"]["containers"][0]["env"] == [{"name": "TZ", "value": "UTC"}]
+    # App containers get the variables they lack and keep their own value of one
+    # they set, as in Chaos Mesh v0.9 (its TZ stays UTC, not the template's).
+    assert result["spec"]["containers"][0]["env"] == [
+        {"name": "TZ", "value": "UTC"},
+        {"name": "CHAOS", "value": "on"},
+    ]
 
 
 def test_volumes_are_replaced_by_name() -> None:
@@ -569,18 +573,26 @@ any_metadata = st.fixed_dictionaries(
         | json_values,
     },
 )
-pod_specs = st.fixed_dictionaries(
-    {},
-    optional={
-        "containers": st.lists(containers, max_size=3) | json_values,
-        "initContainers": st.lists(containers, max_size=2),
-        "volumes": st.lists(st.fixed_dictionaries({"name": names}), max_size=3),
-        "hostAliases": st.lists(
-            st.fixed_dictionaries({"ip": st.sampled_from(["1.1.1.1", "2.2.2.2"])}), max_size=2
-        ),
-        "shareProcessNamespace": json_values,
-    },
+any_volumes = st.lists(st.fixed_dictionaries({"name": names}), max_size=3)
+# With the data volume the template mounts (the config's VolumeName): without
+# it the injection is refused (the pod would mount a volume it does not have).
+with_data_volume = st.lists(st.fixed_dictionaries({"name": names}), max_size=2).map(
+    lambda extra: [{"name": "tikv", "persistentVolumeClaim": {"claimName": "d"}}, *extra]
 )
+pod_spec_fields = {
+    "containers": st.lists(containers, max_size=3) | json_values,
+    "initContainers": st.lists(containers, max_size=2),
+    "volumes": any_volumes,
+    "hostAliases": st.lists(
+        st.fixed_dictionaries({"ip": st.sampled_from(["1.1.1.1", "2.2.2.2"])}), max_size=2
+    ),
+    "shareProcessNamespace": json_values,
+}
+injectable_specs = st.fixed_dictionaries(
+    {"volumes": with_data_volume},
+    optional={k: v for k, v in pod_spec_fields.items() if k != "volumes"},
+)
+pod_specs = injectable_specs | st.fixed_dictionaries({}, optional=pod_spec_fields)
 # Mostly pods that ask for the TiKV config, so that most examples reach the
 # mutation; the rest anything JSON can hold.
 pods = st.fixed_dictionaries(

@@ -12,7 +12,28 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.admissions = Counter(
             "chaos_injector_admissions",
-            "AdmissionReviews answered, by outcome (injected, unchanged, skipped, error, invalid)",
+            "Pod creations answered, by outcome (injected, unchanged, skipped, error, invalid); "
+            "dry runs and reinvocations are counted apart",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.refusals = Counter(
+            "chaos_injector_refusals",
+            "Injections refused (the pod admitted without the sidecar, counted as skipped), by "
+            "rule: container-clash, volume-clash, mount-lost, missing-volume, host-pid, "
+            "pod-security, invalid-pod",
+            ["rule"],
+            registry=self.registry,
+        )
+        self.reinvocations = Counter(
+            "chaos_injector_reinvocations",
+            "The API server's second calls on injected pods, by result (unchanged, patched)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.dry_runs = Counter(
+            "chaos_injector_dry_runs",
+            "Dry-run AdmissionReviews answered (the pod is never created), by outcome",
             ["outcome"],
             registry=self.registry,
         )

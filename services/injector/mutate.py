@@ -409,7 +409,9 @@ def _clashes(
             clash(f"the pod has its own container named {name!r}, like the template's container")
     for container in inject.init_containers:
         name = container["name"]
-        if name in pod_app or name in template_app:
+        if name in template_app:
+            clash(f"the template names both a container and an init container {name!r}")
+        elif name in pod_app:
             clash(f"the pod has a container named {name!r}, like the template's init container")
         elif name in pod_init and pod_init[name] != _prepare(container, inject):
             clash(

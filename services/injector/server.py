@@ -42,6 +42,39 @@ AUDIT_KINDS = {
     admission.ERROR: "pod.error",
     admission.INVALID: "admission.invalid",
 }
+# A refused injection (the pod admitted without it, see admission.py).
+AUDIT_REFUSED = "pod.refused"
+# The API server's second call added the sidecar's mounts to a later container.
+AUDIT_COMPLETED = "pod.completed"
+
+
+def audit_kind(verdict: admission.Verdict) -> str | None:
+    """The audit event an answer makes, or None for none.
+
+    A dry run's pod is never created, and the webhook is declared
+    ``sideEffects: NoneOnDryRun``: nothing is recorded for it. Neither for the
+    API server's second call on an injected pod that finds nothing to add (it
+    comes after every pod creation whose pod another plugin changed after us).
+    """
+    if verdict.dry_run or verdict.reinvocation == admission.REINVOKED_UNCHANGED:
+        return None
+    if verdict.reinvocation == admission.REINVOKED_PATCHED:
+        return AUDIT_COMPLETED
+    if verdict.refused:
+        return AUDIT_REFUSED
+    return AUDIT_KINDS.get(verdict.outcome, "admission")
+
+
+def count(metrics: Metrics, verdict: admission.Verdict) -> None:
+    """The metrics of one answer; a dry run and a reinvocation have their own."""
+    if verdict.dry_run:
+        metrics.dry_runs.labels(verdict.outcome).inc()
+    elif verdict.reinvocation:
+        metrics.reinvocations.labels(verdict.reinvocation).inc()
+    else:
+        metrics.admissions.labels(verdict.outcome).inc()
+        for rule in verdict.refused:
+            metrics.refusals.labels(rule).inc()
 
 
 def build_app(
@@ -62,7 +95,7 @@ def build_app(
                 400, {"error": f"cannot read the request: {exc}"}, admission.INVALID, str(exc)
             )
         elapsed = time.perf_counter() - started
-        metrics.admissions.labels(verdict.outcome).inc()
+        count(metrics, verdict)
         metrics.latency.observe(elapsed)
         level = log.warning if verdict.outcome in (admission.ERROR, admission.INVALID) else log.info
         level(
@@ -73,17 +106,20 @@ def build_app(
             ms=round(elapsed * 1000, 3),
             **verdict.fields,
         )
-        if audit is not None:
+        kind = audit_kind(verdict)
+        if audit is not None and kind is not None:
             # Queued, never awaited: admission does not wait for the audit trail.
             fields = verdict.fields
             pod = f"{fields.get('namespace')}/{fields.get('pod')}" if fields.get("pod") else None
+            extra = {"refused": verdict.refused} if verdict.refused else {}
             audit.record(
-                AUDIT_KINDS.get(verdict.outcome, "admission"),
+                kind,
                 pod=pod,
                 outcome=verdict.outcome,
                 reason=verdict.reason,
                 config=fields.get("config"),
                 uid=fields.get("uid"),
+                **extra,
             )
         return web.json_response(verdict.body, status=verdict.status)
 

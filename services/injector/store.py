@@ -130,8 +130,11 @@ class StoreSync:
     def connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
 
-    def _target(self, bucket: str) -> dict[Any, Any]:
-        return self.state.renderings if bucket == RENDERINGS_BUCKET else self.state.namespaces
+    def _target(self, bucket: str) -> Any:
+        """Where an update after the snapshot goes: a dict, or one like it."""
+        if bucket == RENDERINGS_BUCKET:
+            return self.state.renderings
+        return _NamespaceTarget(self.state)
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -276,8 +279,6 @@ class StoreSync:
                         self.log.info("ready", **self.state.summary())
                 continue
             target = snapshot if initial else self._target(bucket)
-            if not initial and bucket == NAMESPACES_BUCKET:
-                target = _NamespaceTarget(self.state)
             deleted = entry.operation in (KV_DEL, KV_PURGE)
             try:
                 ident, value = decode(entry.key, b"" if deleted else (entry.value or b""))

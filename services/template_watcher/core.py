@@ -25,6 +25,9 @@ from chaosbus.injection import Rendering, rendering_key
 from .configs import ConfigError, InjectionConfig, parse_configs, template_text, validate_spec
 
 STREAMS = ("templates", "configs", "namespaces")
+POD_SECURITY_PREFIX = "pod-security.kubernetes.io/"
+# A NAMESPACES value: {"annotations": our request annotations, "labels": Pod Security's}.
+NamespaceValue = dict[str, dict[str, str]]
 
 RENDERINGS = Gauge("chaos_template_renderings", "Renderings in force")
 PUBLISHED = Counter("chaos_template_renderings_published_total", "Renderings written to KV")
@@ -38,7 +41,9 @@ class Store(Protocol):
 
     async def put_rendering(self, key: str, rendering: Rendering) -> None: ...
     async def delete_rendering(self, key: str) -> None: ...
-    async def put_namespace(self, name: str, annotations: dict[str, str]) -> None: ...
+    async def put_namespace(
+        self, name: str, annotations: dict[str, str], labels: dict[str, str]
+    ) -> None: ...
     async def delete_namespace(self, name: str) -> None: ...
     async def report(self, kind: str, **fields: Any) -> None: ...
 
@@ -58,7 +63,7 @@ class TemplateWatcher:
         annotation_prefix: str,
         log: Any,
         published: dict[str, Rendering] | None = None,
-        published_namespaces: dict[str, dict[str, str]] | None = None,
+        published_namespaces: dict[str, NamespaceValue] | None = None,
     ) -> None:
         self.store = store
         self.prefix = annotation_prefix
@@ -253,16 +258,20 @@ class TemplateWatcher:
         self._errors = errors
 
     async def _mirror_namespaces(self) -> None:
-        desired: dict[str, dict[str, str]] = {}
+        desired: dict[str, NamespaceValue] = {}
         for name, namespace in self.namespaces.items():
             annotations = namespace["metadata"].get("annotations") or {}
+            labels = namespace["metadata"].get("labels") or {}
             ours = {k: v for k, v in annotations.items() if k.startswith(self.prefix + "/")}
-            if ours:
-                desired[name] = ours
-        for name, annotations in sorted(desired.items()):
-            if self.published_namespaces.get(name) != annotations:
-                await self.store.put_namespace(name, annotations)
-                self.published_namespaces[name] = annotations
+            # Pod Security's labels too: where a level is enforced, the injector
+            # skips a sidecar the API server would then refuse the pod for.
+            security = {k: v for k, v in labels.items() if k.startswith(POD_SECURITY_PREFIX)}
+            if ours or security:
+                desired[name] = {"annotations": ours, "labels": security}
+        for name, value in sorted(desired.items()):
+            if self.published_namespaces.get(name) != value:
+                await self.store.put_namespace(name, value["annotations"], value["labels"])
+                self.published_namespaces[name] = value
         for name in sorted(set(self.published_namespaces) - set(desired)):
             del self.published_namespaces[name]
             await self.store.delete_namespace(name)

@@ -21,6 +21,8 @@ from chaosbus.injection import (
 from chaosbus.kv import contents, open_bucket
 from chaosbus.subjects import decode_token, encode_token
 
+from .core import NamespaceValue
+
 
 class KVStore:
     def __init__(self, nc: Client, audit: AuditLog, log: Any) -> None:
@@ -30,7 +32,7 @@ class KVStore:
         self.renderings: KeyValue | None = None
         self.namespaces: KeyValue | None = None
 
-    async def open(self) -> tuple[dict[str, Rendering], dict[str, dict[str, str]]]:
+    async def open(self) -> tuple[dict[str, Rendering], dict[str, NamespaceValue]]:
         """Open (or create) the buckets and return what they already hold."""
         self.renderings = await open_bucket(self.nc, RENDERINGS_BUCKET)
         self.namespaces = await open_bucket(self.nc, NAMESPACES_BUCKET)
@@ -47,7 +49,12 @@ class KVStore:
         namespaces = {}
         for key, value in (await contents(self.namespaces)).items():
             with contextlib.suppress(ValueError, KeyError):
-                namespaces[decode_token(key)] = codec.decode(value, limit=1 << 24)["annotations"]
+                doc = codec.decode(value, limit=1 << 24)
+                # Values written before labels were mirrored have none.
+                namespaces[decode_token(key)] = {
+                    "annotations": doc["annotations"],
+                    "labels": doc.get("labels") or {},
+                }
         return renderings, namespaces
 
     async def put_rendering(self, key: str, rendering: Rendering) -> None:
@@ -58,9 +65,12 @@ class KVStore:
         assert self.renderings is not None
         await self.renderings.delete(key)
 
-    async def put_namespace(self, name: str, annotations: dict[str, str]) -> None:
+    async def put_namespace(
+        self, name: str, annotations: dict[str, str], labels: dict[str, str]
+    ) -> None:
         assert self.namespaces is not None
-        await self.namespaces.put(encode_token(name), codec.encode({"annotations": annotations}))
+        value = {"annotations": annotations, "labels": labels}
+        await self.namespaces.put(encode_token(name), codec.encode(value))
 
     async def delete_namespace(self, name: str) -> None:
         assert self.namespaces is not None
