@@ -42,7 +42,6 @@ import os
 import platform
 import random
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -57,14 +56,27 @@ from typing import Any
 import aiohttp
 import nats
 import yaml
-from benchstack import _terminate, free_port, port_open, spawn, stack_cleanup, stop_all
+from benchstack import (
+    BIN,
+    OthersMeter,
+    busy_note,
+    cpu_seconds,
+    exit_on_failure,
+    free_port,
+    percentile,
+    port_open,
+    ratio,
+    spawn,
+    stack_cleanup,
+    stop_all,
+    verdict,
+)
 
 from chaosbus import codec
 from chaosbus.injection import RENDERINGS_BUCKET, Rendering, rendering_key
 from injector.certs import write_self_signed
 from template_watcher.dir_source import POLL_INTERVAL
 
-BIN = Path(sys.executable).parent
 SEED = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "seed"
 TEMPLATE_FILE = "chaosfs-sidecar.yaml"
 NAMESPACE = "chaos-testing"
@@ -80,7 +92,6 @@ EDIT_GOAL_MS = 200.0
 BLOCK_SECONDS = 2.0  # the load alternates between the endpoints this often
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 3.0
-OTHER_LOAD_WARNING = " (the machine was busy: expect noisy figures)"
 SERVED_TIMEOUT = 10.0
 
 
@@ -192,41 +203,6 @@ def image_marker(tag: str) -> bytes:
 
 
 # --- processes -----------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def busy_seconds() -> float:
-    """CPU time all CPUs spent busy (not idle or waiting for I/O) since boot."""
-    with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:]]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-class LoadMeter:
-    """How much CPU processes other than the bench and its stack used meanwhile."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-        self.started = time.monotonic()
-        self.busy = busy_seconds()
-        self.ours = self._ours()
-
-    def _ours(self) -> float:
-        times = os.times()
-        own = times.user + times.system
-        return own + sum(cpu_seconds(pid) for pid in self.pids)
-
-    def others_percent(self) -> float:
-        elapsed = time.monotonic() - self.started
-        others = (busy_seconds() - self.busy) - (self._ours() - self.ours)
-        return max(0.0, 100 * others / elapsed)
 
 
 @dataclass
@@ -588,35 +564,17 @@ async def measure(stack: Stack, plan: Plan) -> Results:
     results = Results()
     async with session(stack, plan.connections) as http, session(stack, 1) as probe:
         await wait_ready(stack, probe)
-        meter = LoadMeter([proc.pid for proc in stack.procs.values()])
+        meter = OthersMeter([proc.pid for proc in stack.procs.values()])
         results.loads = await load(stack, http, [healthz(stack), webhook(stack)], plan)
         prober = Prober(probe, stack.base_url + INJECT_PATH, plan.poll_pause)
         await edits(stack, prober, plan, results.edits)
         await direct_puts(stack, prober, plan, results.edits)
-        results.others_percent = meter.others_percent()
+        results.others_percent = meter.percent()
     return results
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks; with n values p99 is near the max."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.1f}" if value < 100 else f"{value:.0f}"
-
-
-def ratio(value: float, base: float) -> str:
-    return "-" if math.isnan(value) or math.isnan(base) or base <= 0 else f"{value / base:.1f}x"
-
-
-def verdict(value: float, goal: float) -> str:
-    return "met" if value <= goal else "MISSED"
 
 
 def row(label: str, values: list[float], base: list[float] | None = None, extra: str = "") -> str:
@@ -648,7 +606,7 @@ def report_load(results: Results, plan: Plan) -> None:
     if hook.handler_ms:
         print(row("  of which the handler (injector's log)", hook.handler_ms))
     p99 = percentile(hook.latencies_ms, 99)
-    print(f"goal: webhook p99 <= {LATENCY_GOAL_MS:g} ms: {verdict(p99, LATENCY_GOAL_MS)}")
+    print(f"goal: webhook p99 <= {LATENCY_GOAL_MS:g} ms: {verdict(p99 <= LATENCY_GOAL_MS)}")
 
 
 def report_edits(result: EditResult, plan: Plan) -> None:
@@ -667,7 +625,7 @@ def report_edits(result: EditResult, plan: Plan) -> None:
     last = f"edit to served, all {plan.configs} configs"
     print(row(last, result.last_ms, result.put_ms))
     print(f"{'  same, against the poll interval':<48}{'':>26}{ratio_cells(result.last_ms, poll)}")
-    met = verdict(percentile(result.last_ms, 99), EDIT_GOAL_MS)
+    met = verdict(percentile(result.last_ms, 99) <= EDIT_GOAL_MS)
     print(f"goal: edit to served (all configs) p99 <= {EDIT_GOAL_MS:g} ms: {met}")
 
 
@@ -685,10 +643,9 @@ def report(results: Results, plan: Plan, elapsed: float) -> None:
     report_load(results, plan)
     report_edits(results.edits, plan)
     busy = results.others_percent
-    warning = OTHER_LOAD_WARNING if busy > 20 else ""
     print(
         f"\ntotal {elapsed:.0f} s; CPU used by other processes meanwhile: "
-        f"{busy:.0f}% of one CPU{warning}"
+        f"{busy:.0f}% of one CPU{busy_note(busy)}"
     )
 
 
@@ -748,17 +705,9 @@ def running_stack(plan: Plan, keep: bool) -> Iterator[Stack]:
 
 def main(argv: list[str] | None = None) -> int:
     plan, args = parse_args(sys.argv[1:] if argv is None else argv)
-    signal.signal(signal.SIGTERM, _terminate)
     started = time.perf_counter()
-    try:
-        with running_stack(plan, args.keep) as stack:
-            results = asyncio.run(measure(stack, plan))
-    except KeyboardInterrupt:
-        print("admission_bench: interrupted; processes and temp dir cleaned up", file=sys.stderr)
-        return 130
-    except RuntimeError as exc:
-        print(f"admission_bench: {exc}", file=sys.stderr)
-        return 1
+    with exit_on_failure("admission_bench"), running_stack(plan, args.keep) as stack:
+        results = asyncio.run(measure(stack, plan))
     report(results, plan, time.perf_counter() - started)
     return 1 if show_failures(results) else 0
 

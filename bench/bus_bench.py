@@ -55,41 +55,49 @@ import math
 import os
 import platform
 import random
-import resource
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nats.errors
 from benchstack import (
-    _terminate,
-    die_with_parent,
-    free_port,
-    port_open,
+    AGENTS_PER_PROCESS,
+    COMMAND_TIMEOUT,
+    NAMESPACE,
+    WATCHES_PER_AGENT,
+    Batch,
+    FleetStack,
+    OthersMeter,
+    Startup,
+    busy_note,
+    child_setup,
+    cpu_seconds,
+    ctl,
+    fmt_ms,
+    percentile,
+    ratio,
+    running_fleet,
+    since,
     spawn,
-    stack_cleanup,
-    stop_all,
+    split,
+    start_agents,
+    until,
+    verdict,
 )
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from chaosbus import codec, desired
+from chaosbus import codec
 from chaosbus.bus import connect
-from chaosbus.subjects import event_filter, pod_from_event_subject
 from chaosctl import commands
-from chaosctl.cli import build_parser
 from chaosctl.client import FleetResult, Session
 from chaosctl.rulespec import rule_from_args
 
-BIN = Path(sys.executable).parent
-NAMESPACE = "bench"  # the fleet's
 SOLO_NAMESPACE = "bench-solo"
 SOLO_PREFIX = "solo-"
 SOLO_POD = f"{SOLO_NAMESPACE}/{SOLO_PREFIX}0"
@@ -99,14 +107,9 @@ RTT_RULE = "bench-rtt"
 RTT_GOAL_MS = 5.0
 BROADCAST_GOAL_MS = 1000.0
 SPEEDUP_GOAL = 10.0
-AGENTS_PER_PROCESS = 250  # the default split
-WATCHES_PER_AGENT = 2  # desired state: the fleet's entries and the pod's own
-COMMAND_TIMEOUT = 10.0  # chaosctl's --timeout, for every command of the bench
 BLOCK = 50  # round trips per block before the next kind's turn
 WARMUP = 20  # unmeasured round trips of each kind first
 SETTLE = 0.5  # seconds after each fleet recover, for the agents' audit writes to drain
-STOP_TIMEOUT = 20.0
-BUSY_WARNING = 20.0  # percent of one CPU used by other processes that makes figures noisy
 
 
 @dataclass(frozen=True)
@@ -126,31 +129,6 @@ QUICK = Plan(agents=50, processes=2, round_trips=100, commands=20, runs=3, idle=
 # --- processes -----------------------------------------------------------------------
 
 
-def _child_setup() -> None:
-    """In each child before exec: get SIGTERM if the bench dies without cleaning up,
-    and as many open files as allowed (an agent holds a socket, an O_PATH descriptor
-    and its loop's self-pipe)."""
-    die_with_parent()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def split(total: int, parts: int) -> list[int]:
-    """``total`` as ``parts`` near-equal counts."""
-    return [total // parts + (i < total % parts) for i in range(parts)]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far; 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            after_name = f.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def cpu_ms(pids: list[int]) -> float:
     return 1000 * sum(map(cpu_seconds, pids))
 
@@ -163,44 +141,6 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def busy_seconds() -> float:
-    """CPU time all CPUs spent neither idle nor waiting for I/O, since boot."""
-    with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:]]
-    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class OthersMeter:
-    """How busy the machine was with processes other than the bench and its stack."""
-
-    pids: list[int]
-    started: float = field(default_factory=time.monotonic)
-    busy: float = field(default_factory=busy_seconds)
-    ours: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.ours = self._ours()
-
-    def _ours(self) -> float:
-        own = os.times()
-        return own.user + own.system + sum(cpu_seconds(pid) for pid in self.pids)
-
-    def percent(self) -> float:
-        elapsed = time.monotonic() - self.started
-        others = (busy_seconds() - self.busy) - (self._ours() - self.ours)
-        return max(0.0, 100 * others / elapsed)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One agents process: its name in the stack, how many agents, their name prefix."""
-
-    name: str
-    count: int
-    prefix: str
-
-
 def fleet_batches(plan: Plan) -> list[Batch]:
     return [
         Batch(f"agents-{i}", count, f"agent-p{i}-")
@@ -208,76 +148,12 @@ def fleet_batches(plan: Plan) -> list[Batch]:
     ]
 
 
-@dataclass
-class Stack:
-    root: Path
-    port: int = field(default_factory=free_port)
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    agents: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # name: (ns, pods)
-    nats_version: str = ""
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def log(self, name: str) -> Path:
-        return self.root / f"{name}.log"
-
-    @property
-    def fleet_pids(self) -> list[int]:
-        return [self.procs[name].pid for name, (ns, _) in self.agents.items() if ns == NAMESPACE]
-
-    def start_nats(self) -> None:
-        conf = self.root / "nats.conf"
-        conf.write_text(
-            f'listen: "127.0.0.1:{self.port}"\n'
-            f'jetstream {{ store_dir: "{self.root / "js"}", '
-            "limits { default_max_consumers: -1 } }\n"
-        )
-        server = str(BIN / "nats-server")
-        version = subprocess.run([server, "--version"], capture_output=True, text=True)
-        self.nats_version = version.stdout.strip().rpartition(" ")[2]
-        self.procs["nats"] = spawn([server, "-c", str(conf)], self.log("nats"), _child_setup)
-        deadline = time.monotonic() + 10
-        while not port_open(self.port):
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError("timed out waiting for nats-server to listen")
-            time.sleep(0.02)
-
-    def start_echo(self) -> None:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--echo", self.url]
-        self.procs["echo"] = spawn(cmd, self.log("echo"), _child_setup)
-
-    def start_agents(self, batch: Batch, namespace: str) -> None:
-        """Spawn one ``chaosfs-agents`` process."""
-        cmd = [
-            str(BIN / "chaosfs-agents"),
-            *("--nats", self.url),
-            *("--count", str(batch.count)),
-            *("--namespace", namespace),
-            *("--prefix", batch.prefix),
-        ]
-        self.procs[batch.name] = spawn(cmd, self.log(batch.name), _child_setup)
-        self.agents[batch.name] = (namespace, [f"{batch.prefix}{i}" for i in range(batch.count)])
-
-    @property
-    def fleet(self) -> list[str]:
-        """The fleet's pod names, all in NAMESPACE."""
-        return [pod for ns, pods in self.agents.values() if ns == NAMESPACE for pod in pods]
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log(name)}")
-
-    def close(self) -> None:
-        """Every client at once (each agent says goodbye), then the server."""
-        stop_all({n: p for n, p in self.procs.items() if n != "nats"}, STOP_TIMEOUT, "bus_bench")
-        stop_all({n: p for n, p in self.procs.items() if n == "nats"}, STOP_TIMEOUT, "bus_bench")
-
-
 # --- the echo responder (this file, run with --echo URL) -------------------------------
+
+
+def start_echo(stack: FleetStack) -> None:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--echo", stack.url]
+    stack.procs["echo"] = spawn(cmd, stack.log("echo"), child_setup)
 
 
 async def echo_responder(url: str) -> None:
@@ -322,16 +198,6 @@ class TimedSession(Session):
             self.broadcast_cpu_ms.append(cpu_ms(self.fleet_pids) - cpu)
 
 
-@functools.cache
-def _parser() -> argparse.ArgumentParser:
-    return build_parser()
-
-
-def ctl(*argv: str) -> argparse.Namespace:
-    """A chaosctl command line, parsed by chaosctl, as its handler receives it."""
-    return _parser().parse_args(list(argv))
-
-
 def set_command(rule_id: str) -> dict[str, Any]:
     """What ``chaosctl fault set ... --id RULE_ID`` sends to the pod."""
     rule = rule_from_args(ctl("fault", "set", "--pod", "any/pod", *RULE_FLAGS, "--id", rule_id))
@@ -343,104 +209,16 @@ def recover_command(rule_id: str) -> dict[str, Any]:
     return {"op": "recover", "id": rule_id, "actor": commands.actor()}
 
 
-def since(t0: float) -> float:
-    return (time.perf_counter() - t0) * 1000
-
-
 async def timed(action: Awaitable[Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     value = await action
     return since(t0), value
 
 
-async def until(
-    stack: Stack, done: Callable[[], Awaitable[bool]], what: str, timeout: float, pause: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await done():
-        stack.check_alive()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(pause)
+# --- 0. start-up (start_agents: see benchstack) --------------------------------------------
 
 
-# --- 0. start-up -------------------------------------------------------------------------
-
-
-@dataclass
-class Startup:
-    agents: int
-    ready_s: float  # from the first spawn to the last ready event
-    registered_s: float  # to every agent alive in the registry
-    watching_s: float  # to every agent watching its desired state
-    batch_s: list[float] = field(default_factory=list)  # each process, spawn to watching
-    rss_mib: float = 0.0  # the fleet's processes
-    threads: int = 0
-    agents_cpu: float = 0.0  # percent of one CPU, idle
-    nats_cpu: float = 0.0
-
-
-async def start_agents(stack: Stack, s: Session, namespace: str, batches: list[Batch]) -> Startup:
-    """Spawn the agents one process at a time, each once the previous one's agents are
-    all ready, registered and watching their desired state; time it all.
-
-    Not all at once: a start-up storm of a thousand sidecars on a small machine makes
-    JetStream slow to answer, and a sidecar that cannot open the registry within its
-    first seconds never registers (see the error below).
-    """
-    seen: set[str] = set()
-
-    async def on_ready(msg: Msg) -> None:
-        seen.add(pod_from_event_subject(msg.subject)[1])
-
-    sub = await s.nc.subscribe(event_filter("ready", namespace), cb=on_ready)
-    await s.nc.flush()
-    js = s.nc.jetstream()
-    watches = f"KV_{desired.BUCKET}"
-    before = (await js.stream_info(watches)).state.consumer_count
-    want = 0
-
-    async def all_ready() -> bool:
-        return len(seen) >= want
-
-    async def registered() -> int:
-        alive, _lost = await s.expected({"namespaces": [namespace]})
-        return len(alive)
-
-    async def all_registered() -> bool:
-        return await registered() >= want
-
-    async def all_watching() -> bool:
-        info = await js.stream_info(watches)
-        return info.state.consumer_count - before >= WATCHES_PER_AGENT * want
-
-    t0 = time.perf_counter()
-    out = Startup(0, 0.0, 0.0, 0.0)
-    for batch in batches:
-        t1 = time.perf_counter()
-        stack.start_agents(batch, namespace)
-        want += batch.count
-        timeout = 60 + batch.count * 0.2
-        await until(stack, all_ready, f"{want} ready events", timeout, 0.02)
-        out.ready_s = since(t0) / 1000
-        try:
-            await until(stack, all_registered, f"{want} agents in the registry", timeout, 0.2)
-        except RuntimeError as exc:
-            raise RuntimeError(
-                f"{exc}: {await registered()} there, {len(seen)} announced ready. A sidecar "
-                "that cannot open the registry within 3 s of connecting never registers "
-                "(chaosfs control.py, _prepare_jetstream): was the machine overloaded?"
-            ) from None
-        out.registered_s = since(t0) / 1000
-        await until(stack, all_watching, f"{want} agents watching desired state", timeout, 0.1)
-        out.watching_s = since(t0) / 1000
-        out.batch_s.append(since(t1) / 1000)
-    await sub.unsubscribe()
-    out.agents = want
-    return out
-
-
-async def idle_fleet(stack: Stack, startup: Startup, seconds: float) -> None:
+async def idle_fleet(stack: FleetStack, startup: Startup, seconds: float) -> None:
     pids = stack.fleet_pids
     nats_pid = stack.procs["nats"].pid
     agents, server = sum(map(cpu_seconds, pids)), cpu_seconds(nats_pid)
@@ -453,7 +231,7 @@ async def idle_fleet(stack: Stack, startup: Startup, seconds: float) -> None:
     startup.threads = sum(len(os.listdir(f"/proc/{pid}/task")) for pid in pids)
 
 
-async def wait_echo(stack: Stack, s: Session) -> None:
+async def wait_echo(stack: FleetStack, s: Session) -> None:
     async def answers() -> bool:
         with contextlib.suppress(nats.errors.Error):
             await s.nc.request(ECHO_SUBJECT, b"?", timeout=1)
@@ -478,7 +256,7 @@ class RoundTrips:
     warnings: list[str] = field(default_factory=list)
 
 
-async def round_trips(stack: Stack, s: Session, plan: Plan) -> RoundTrips:
+async def round_trips(stack: FleetStack, s: Session, plan: Plan) -> RoundTrips:
     """Echo and lone agent, and once the fleet is up fleet agents too, in blocks."""
     out = RoundTrips()
     set_cmd, recover_cmd = set_command(RTT_RULE), recover_command(RTT_RULE)
@@ -583,7 +361,7 @@ async def broadcast_run(s: TimedSession, want: set[str], run: int, out: FleetRun
     out.acked.append(fleet_check(outcome, want, True, f"broadcast, run {run + 1}", out))
 
 
-async def sequential_run(stack: Stack, s: Session, run: int, out: FleetRuns) -> None:
+async def sequential_run(stack: FleetStack, s: Session, run: int, out: FleetRuns) -> None:
     command = set_command(f"bench-seq-{run}")
     cpu, t0 = cpu_ms(stack.fleet_pids), time.perf_counter()
     for pod in stack.fleet:
@@ -602,7 +380,7 @@ async def recover_fleet(s: Session, want: set[str], what: str, out: FleetRuns) -
     await asyncio.sleep(SETTLE)
 
 
-async def fleet_runs(stack: Stack, s: TimedSession, plan: Plan) -> FleetRuns:
+async def fleet_runs(stack: FleetStack, s: TimedSession, plan: Plan) -> FleetRuns:
     out = FleetRuns()
     fleet = {f"{NAMESPACE}/{pod}" for pod in stack.fleet}
     everyone = fleet | {SOLO_POD}
@@ -631,7 +409,7 @@ class Results:
     others_percent: list[float]  # CPU of other processes, before and after the fleet started
 
 
-async def measure(stack: Stack, plan: Plan) -> Results:
+async def measure(stack: FleetStack, plan: Plan) -> Results:
     s = await TimedSession.open(stack.url, COMMAND_TIMEOUT)
     try:
         await s.desired_bucket()  # as after an operator's first chaosctl command
@@ -654,34 +432,14 @@ async def measure(stack: Stack, plan: Plan) -> Results:
 # --- the report --------------------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: int) -> float:
-    """The q-th percentile, interpolated between closest ranks (p99 of 1,000 is near the max)."""
-    if len(values) < 2:
-        return values[0] if values else math.nan
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
-def fmt(value: float) -> str:
-    if math.isnan(value):
-        return "-"
-    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
-
-
-def ratio(value: float, base: float) -> str:
-    return "-" if math.isnan(value) or math.isnan(base) or base <= 0 else f"{value / base:.1f}x"
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
-
-
 LABEL = 64
 HEADER = f"{'':<{LABEL}}{'p50 ms':>8}{'p99 ms':>9}{'max ms':>9}{'p50 x':>8}{'p99 x':>8}"
 
 
 def row(label: str, values: list[float], base: list[float] | None = None) -> str:
     p50, p99 = percentile(values, 50), percentile(values, 99)
-    cells = f"{label:<{LABEL}}{fmt(p50):>8}{fmt(p99):>9}{fmt(max(values, default=math.nan)):>9}"
+    worst = max(values, default=math.nan)
+    cells = f"{label:<{LABEL}}{fmt_ms(p50):>8}{fmt_ms(p99):>9}{fmt_ms(worst):>9}"
     if base is not None:
         cells += f"{ratio(p50, percentile(base, 50)):>8}{ratio(p99, percentile(base, 99)):>8}"
     return cells
@@ -746,7 +504,7 @@ def report_trips(r: Results, plan: Plan) -> None:
         ("lone agent, with the fleet", percentile(t.solo_set, 99)),
         ("fleet agents", percentile(t.fleet_set, 99)),
     ]
-    cells = ", ".join(f"{name} {verdict(v <= RTT_GOAL_MS)} ({fmt(v)} ms)" for name, v in goals)
+    cells = ", ".join(f"{name} {verdict(v <= RTT_GOAL_MS)} ({fmt_ms(v)} ms)" for name, v in goals)
     print(f"goal: set round trip p99 <= {RTT_GOAL_MS:g} ms: {cells}")
 
 
@@ -755,7 +513,7 @@ def run_row(label: str, cells: list[str], median: str) -> str:
 
 
 def ms_row(label: str, values: list[float]) -> str:
-    return run_row(label, [fmt(v) for v in values], fmt(statistics.median(values)))
+    return run_row(label, [fmt_ms(v) for v in values], fmt_ms(statistics.median(values)))
 
 
 def above_idle(cpu: list[float], wall: list[float], r: Results) -> list[float]:
@@ -793,17 +551,17 @@ def report_runs(f: FleetRuns, r: Results, plan: Plan) -> None:
     median = statistics.median(f.sequential) / statistics.median(f.broadcast)
     cells = [f"{x:.1f}x" for x in speedups]
     print(run_row("sequential / broadcast", cells, f"{median:.1f}x"))
-    recovers = [fmt(v) for v in f.recover]
+    recovers = [fmt_ms(v) for v in f.recover]
     print(run_row("chaosctl fault recover --fleet --all, 2 per run", recovers[::2], ""))
-    print(run_row("", recovers[1::2], fmt(statistics.median(f.recover))))
+    print(run_row("", recovers[1::2], fmt_ms(statistics.median(f.recover))))
     print(
         f"the fleet's CPU time per wall-clock ms: idle {r.fleet.agents_cpu / 100:.2f} ms, "
         f"at most {os.cpu_count()} ms on this machine"
     )
     each = f.sequential_each
     print(
-        f"the sequential requests one by one: p50 {fmt(percentile(each, 50))} ms, "
-        f"p99 {fmt(percentile(each, 99))} ms, max {fmt(max(each, default=math.nan))} ms"
+        f"the sequential requests one by one: p50 {fmt_ms(percentile(each, 50))} ms, "
+        f"p99 {fmt_ms(percentile(each, 99))} ms, max {fmt_ms(max(each, default=math.nan))} ms"
     )
     # The goals count fully acknowledged broadcasts only: a shorter wait for fewer acks
     # proves nothing (such a run is reported as a problem, and fails the bench).
@@ -815,7 +573,7 @@ def report_runs(f: FleetRuns, r: Results, plan: Plan) -> None:
     print(
         f"goal: broadcast fully acknowledged <= {BROADCAST_GOAL_MS:g} ms: "
         f"{verdict(bool(full) and within == len(full))} ({within} of {len(full)} runs within it, "
-        f"worst {fmt(max(full, default=math.nan))} ms{failed})"
+        f"worst {fmt_ms(max(full, default=math.nan))} ms{failed})"
     )
     ratios = [q / b for q, b, a in zip(f.sequential, f.broadcast, f.acked, strict=True) if a == n]
     median = statistics.median(f.sequential) / statistics.median(full) if full else math.nan
@@ -826,7 +584,7 @@ def report_runs(f: FleetRuns, r: Results, plan: Plan) -> None:
     )
 
 
-def report(r: Results, plan: Plan, stack: Stack, elapsed: float) -> None:
+def report(r: Results, plan: Plan, stack: FleetStack, elapsed: float) -> None:
     print(
         f"bus_bench: {platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, nats-server {stack.nats_version} "
@@ -840,11 +598,10 @@ def report(r: Results, plan: Plan, stack: Stack, elapsed: float) -> None:
     for warning in warnings[:5]:
         print(f"chaosctl warned: {warning}")
     before, after = r.others_percent
-    busy = max(before, after)
-    noisy = " (the machine was busy: expect noisy figures)" if busy > BUSY_WARNING else ""
     print(
         f"\ntotal {elapsed:.0f} s; CPU used by processes other than the bench's, before the "
-        f"fleet started: {before:.0f}%, after: {after:.0f}% of one CPU{noisy}"
+        f"fleet started: {before:.0f}%, after: {after:.0f}% of one CPU"
+        + busy_note(max(before, after))
     )
 
 
@@ -884,34 +641,15 @@ def parse_args(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
     return plan, args
 
 
-@contextlib.contextmanager
-def running_stack(keep: bool) -> Iterator[Stack]:
-    root = Path(tempfile.mkdtemp(prefix="bus-bench-"))
-    stack = Stack(root)
-    with stack_cleanup(stack, keep, "bus_bench"):
-        stack.start_nats()
-        stack.start_echo()
-        yield stack
-
-
 def main(argv: list[str] | None = None) -> int:
     plan, args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.echo:
         asyncio.run(echo_responder(args.echo))
         return 0
-    # Ctrl-C too: asyncio's own handler only cancels the task, which may swallow it.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _terminate)
     started = time.perf_counter()
-    try:
-        with running_stack(args.keep) as stack:
-            results = asyncio.run(measure(stack, plan))
-    except KeyboardInterrupt:
-        print("bus_bench: interrupted; processes and temp dir cleaned up", file=sys.stderr)
-        return 130
-    except (RuntimeError, OSError, nats.errors.Error) as exc:
-        print(f"bus_bench: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    with running_fleet("bus_bench", args.keep) as stack:
+        start_echo(stack)
+        results = asyncio.run(measure(stack, plan))
     report(results, plan, stack, time.perf_counter() - started)
     for problem in results.runs.problems:
         print(f"bus_bench: {problem}", file=sys.stderr)

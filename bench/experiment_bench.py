@@ -1,10 +1,11 @@
 """How long a chaos-controller experiment takes, from apply to every selected pod
 acknowledged, against the same rule sent by ``chaosctl fault broadcast``.
 
-Starts its own stack with bus_bench's code: a nats-server, N mount-less sidecars
-(``chaosfs-agents``) in P processes, then one ``chaos-controller``, and waits until
-every agent is registered and the controller leads. Two cases, each in R rounds in
-which the experiment and the broadcast take turns going first:
+Starts its own stack as bus_bench does (benchstack's FleetStack): a nats-server,
+N mount-less sidecars (``chaosfs-agents``) in P processes, then one
+``chaos-controller``, and waits until every agent is registered and the controller
+leads. Two cases, each in R rounds in which the experiment and the broadcast take
+turns going first:
 
 - ``mode: all``: a Chaos Mesh v0.9 IoChaos (errno EIO on every open) over the
   agents' namespace, against ``chaosctl fault broadcast --namespace NS`` of the same
@@ -34,38 +35,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import platform
 import shlex
-import signal
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nats.errors
-from benchstack import _terminate, spawn, stack_cleanup
-from bus_bench import (
+from benchstack import (
+    AGENTS_PER_PROCESS,
     BIN,
-    BUSY_WARNING,
     COMMAND_TIMEOUT,
     NAMESPACE,
     Batch,
+    FleetStack,
     OthersMeter,
-    Stack,
-    _child_setup,
+    busy_note,
+    child_setup,
     cpu_seconds,
     ctl,
-    fmt,
+    fmt_ms,
+    running_fleet,
     since,
+    spawn,
     split,
     start_agents,
     verdict,
@@ -82,7 +81,6 @@ OVERHEAD_GOAL = 20.0  # percent the experiment may take beyond the broadcast
 PERCENT = 10  # the fixed-percent case's value
 PERCENT_GLOB = "*0"  # names ending in 0: one agent in ten, with ten per process
 RULE_FLAGS = ("--action", "errno", "--errno", "EIO", "--methods", "open")
-AGENTS_PER_PROCESS = 250
 RUN_TIMEOUT = 60.0  # seconds for one experiment to be injected, or deleted
 QUIET_WINDOW = 0.2  # seconds of CPU use sampled when waiting for the stack to be idle
 QUIET_MARGIN = 0.1  # of one CPU above the idle rate that still counts as idle
@@ -135,14 +133,14 @@ def batches(plan: Plan) -> list[Batch]:
     return [Batch(f"agents-{i}", n, f"agent-p{i}-") for i, n in enumerate(counts)]
 
 
-async def start_controller(stack: Stack) -> None:
+async def start_controller(stack: FleetStack) -> None:
     """Spawn chaos-controller and wait until it leads."""
     log = stack.log("controller")
     cmd = [
         str(BIN / "chaos-controller"),
         *("--nats", stack.url, "--identity", "bench", "--ack-timeout", ACK_TIMEOUT),
     ]
-    stack.procs["controller"] = spawn(cmd, log, _child_setup)
+    stack.procs["controller"] = spawn(cmd, log, child_setup)
     deadline = time.monotonic() + 30
     while '"event": "leading"' not in log.read_text(errors="replace"):
         stack.check_alive()
@@ -151,18 +149,18 @@ async def start_controller(stack: Stack) -> None:
         await asyncio.sleep(0.05)
 
 
-def stack_cpu(stack: Stack) -> float:
+def stack_cpu(stack: FleetStack) -> float:
     return sum(cpu_seconds(p.pid) for p in stack.procs.values())
 
 
-async def cpu_rate(stack: Stack, seconds: float) -> float:
+async def cpu_rate(stack: FleetStack, seconds: float) -> float:
     """The stack's CPU use over ``seconds``, in CPUs."""
     before = stack_cpu(stack)
     await asyncio.sleep(seconds)
     return (stack_cpu(stack) - before) / seconds
 
 
-async def quiet(stack: Stack, idle: float) -> None:
+async def quiet(stack: FleetStack, idle: float) -> None:
     """Until the stack is back near its idle CPU use (the last run's audit writes and
     recoveries are done), at most QUIET_TIMEOUT."""
     deadline = time.monotonic() + QUIET_TIMEOUT
@@ -205,7 +203,7 @@ async def apply(s: Session, path: Path) -> None:
         raise RuntimeError(f"chaosctl apply -f {path}: exit {outcome.code}: {outcome.text}")
 
 
-async def running(stack: Stack, watcher: Any, ref: str) -> Status:
+async def running(stack: FleetStack, watcher: Any, ref: str) -> Status:
     """The first status of ``ref`` in phase Running, as the controller writes it."""
     deadline = time.monotonic() + RUN_TIMEOUT
     while True:
@@ -230,7 +228,7 @@ def injected(st: Status) -> bool:
 
 
 async def experiment_run(
-    stack: Stack, s: Session, store: ExperimentStore, case: Case, name: str, out: Runs
+    stack: FleetStack, s: Session, store: ExperimentStore, case: Case, name: str, out: Runs
 ) -> None:
     ref = f"{NAMESPACE}/{name}"
     path = stack.root / f"{name}.json"
@@ -257,7 +255,7 @@ async def experiment_run(
     await delete(stack, store, ref)
 
 
-async def delete(stack: Stack, store: ExperimentStore, ref: str) -> None:
+async def delete(stack: FleetStack, store: ExperimentStore, ref: str) -> None:
     """Set ``deleting``, as ``chaosctl delete`` does; wait until the controller removed it."""
     found = await store.get_spec(ref)
     if found is None:
@@ -307,7 +305,7 @@ class Results:
     others_percent: float
 
 
-async def measure(stack: Stack, plan: Plan) -> Results:
+async def measure(stack: FleetStack, plan: Plan) -> Results:
     s = await Session.open(stack.url, COMMAND_TIMEOUT)
     try:
         await s.desired_bucket()  # start_agents counts watches on it
@@ -344,8 +342,8 @@ LABEL = 68
 
 
 def ms_row(label: str, values: list[float]) -> str:
-    cells = "".join(f"{fmt(v):>9}" for v in values)
-    return f"{label:<{LABEL}}{cells}{fmt(statistics.median(values)):>10}"
+    cells = "".join(f"{fmt_ms(v):>9}" for v in values)
+    return f"{label:<{LABEL}}{cells}{fmt_ms(statistics.median(values)):>10}"
 
 
 def report_case(case: Case, r: Runs, plan: Plan) -> None:
@@ -371,7 +369,7 @@ def report_case(case: Case, r: Runs, plan: Plan) -> None:
     )
 
 
-def report(results: Results, plan: Plan, stack: Stack, elapsed: float) -> None:
+def report(results: Results, plan: Plan, stack: FleetStack, elapsed: float) -> None:
     sizes = sorted({b.count for b in batches(plan)})
     print(
         f"experiment_bench: {platform.python_implementation()} {platform.python_version()}, "
@@ -382,11 +380,10 @@ def report(results: Results, plan: Plan, stack: Stack, elapsed: float) -> None:
     )
     for case in CASES:
         report_case(case, results.runs[case.name], plan)
-    busy = results.others_percent > BUSY_WARNING
     print(
         f"\ntotal {elapsed:.0f} s; the stack at rest used {100 * results.idle:.0f}% of one CPU; "
         f"processes other than the bench's used {results.others_percent:.0f}% of one CPU"
-        + (" (the machine was busy: expect noisy figures)" if busy else "")
+        + busy_note(results.others_percent)
     )
 
 
@@ -412,28 +409,11 @@ def parse_args(argv: list[str]) -> tuple[Plan, argparse.Namespace]:
     return plan, args
 
 
-@contextlib.contextmanager
-def running_stack(keep: bool) -> Iterator[Stack]:
-    stack = Stack(Path(tempfile.mkdtemp(prefix="experiment-bench-")))
-    with stack_cleanup(stack, keep, "experiment_bench"):
-        stack.start_nats()
-        yield stack
-
-
 def main(argv: list[str] | None = None) -> int:
     plan, args = parse_args(sys.argv[1:] if argv is None else argv)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _terminate)
     started = time.perf_counter()
-    try:
-        with running_stack(args.keep) as stack:
-            results = asyncio.run(measure(stack, plan))
-    except KeyboardInterrupt:
-        print("experiment_bench: interrupted; processes and temp dir cleaned up", file=sys.stderr)
-        return 130
-    except (RuntimeError, OSError, nats.errors.Error) as exc:
-        print(f"experiment_bench: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    with running_fleet("experiment_bench", args.keep) as stack:
+        results = asyncio.run(measure(stack, plan))
     report(results, plan, stack, time.perf_counter() - started)
     return 0
 

@@ -65,8 +65,6 @@ import platform
 import random
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -74,8 +72,27 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from benchstack import (
+    PLACEMENTS,
+    OthersMeter,
+    exit_on_failure,
+    fmt_rate,
+    free_port,
+    fuse_ok,
+    is_mounted,
+    local_bin,
+    nats_request,
+    pinned,
+    placement_cpus,
+    port_open,
+    print_table,
+    spawn,
+    stop,
+    unmount,
+    wait_for,
+)
 
 from chaosbus import codec
 from chaosbus.subjects import pod_command
@@ -87,7 +104,6 @@ RULE_COUNT = 100
 SEED = 20240601
 SEQ_FILE = "seq.bin"
 RAND_FILE = "rand.bin"
-BIN = Path(sys.executable).parent
 
 NATIVE, CHAOSFS, RULED, LL = "native", "chaosfs", "chaosfs+rules", "passthrough_ll"
 LL_EXAMPLES = Path("/usr/share/doc/libfuse3-dev/examples")
@@ -319,60 +335,6 @@ MAX_REDONE = 3  # per workload; after that, busy rounds are kept (and the report
 # --- processes -----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-
-
-def port_open(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-        return True
-    return False
-
-
-def is_mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
-
-def spawn(cmd: list[str], log: Path, cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
-    # A session of its own: Ctrl-C reaches the bench only, which then stops
-    # chaosfs before nats-server, in that order.
-    def pin() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)  # before exec: every thread inherits it
-
-    with open(log, "ab") as err:
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
-                                start_new_session=True, preexec_fn=pin)  # fmt: skip
-
-
-def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def unmount(path: Path) -> None:
-    if is_mounted(path):
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 # --- libfuse's passthrough_ll ------------------------------------------------------
 
 
@@ -471,9 +433,8 @@ class Bench:
             self.start_ll()
         else:
             self.ll_note = "left out (--no-passthrough-ll)"
-        server = str(BIN / "nats-server") if (BIN / "nats-server").exists() else "nats-server"
-        cmd = [server, "-a", "127.0.0.1", "-p", str(self.nats_port)]
-        self.nats = spawn(cmd, self.root / "nats.log")
+        cmd = [local_bin("nats-server"), "-a", "127.0.0.1", "-p", str(self.nats_port)]
+        self.nats = spawn(cmd, self.root / "nats.log", pinned(None))
         wait_for(lambda: port_open(self.nats_port), 10, "nats-server to listen")
         pidfile = self.root / "chaosfs.pid"
         self.chaosfs = spawn(
@@ -481,7 +442,7 @@ class Bench:
              str(self.mountpoint), "-pidfile", str(pidfile), "-pod",
              f"{POD_NAMESPACE}/{POD_NAME}", "-nats", self.nats_url],
             self.root / "chaosfs.log",
-            self.chaosfs_cpus,
+            pinned(self.chaosfs_cpus),
         )  # fmt: skip
         wait_for(lambda: pidfile.exists() or self.chaosfs.poll() is not None, 20, "chaosfs")
         if self.chaosfs.poll() is not None:
@@ -500,7 +461,7 @@ class Bench:
                        str(self.ll_mountpoint)]  # fmt: skip
         log = self.root / "passthrough_ll.log"
         try:
-            self.ll = spawn(self.ll_cmd, log, self.chaosfs_cpus)
+            self.ll = spawn(self.ll_cmd, log, pinned(self.chaosfs_cpus))
             wait_for(lambda: is_mounted(self.ll_mountpoint) or self.ll.poll() is not None, 10,
                      "passthrough_ll to mount")  # fmt: skip
             if self.ll.poll() is not None:
@@ -529,7 +490,7 @@ class Bench:
 
     def command(self, command: dict[str, Any], timeout: float = 20.0) -> dict[str, Any]:
         subject = pod_command(POD_NAMESPACE, POD_NAME)
-        reply = asyncio.run(_request(self.nats_url, subject, codec.encode(command), timeout))
+        reply = asyncio.run(nats_request(self.nats_url, subject, codec.encode(command), timeout))
         if not reply.get("ok"):
             raise RuntimeError(f"chaosfs refused {command.get('op')}: {reply.get('error')}")
         return reply
@@ -559,84 +520,6 @@ class Bench:
         return "?"
 
 
-async def _request(url: str, subject: str, data: bytes, timeout: float) -> dict[str, Any]:
-    """One request, retried until chaosfs has subscribed (it connects in the background)."""
-    import nats
-    import nats.errors
-
-    nc = await nats.connect(url, connect_timeout=2)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                msg = await nc.request(subject, data, timeout=5)
-                return codec.decode(msg.data, limit=1 << 24)
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
-    finally:
-        await nc.close()
-
-
-# --- the machine -------------------------------------------------------------------
-
-
-def busy_ticks() -> int:
-    """Clock ticks all CPUs spent busy since boot (neither idle nor waiting for I/O)."""
-    with open("/proc/stat", encoding="ascii") as f:
-        values = [int(v) for v in f.readline().split()[1:9]]
-    return sum(values) - values[3] - values[4]
-
-
-def process_ticks(pid: int) -> int:
-    """Clock ticks a process has run (user + system), or 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            data = f.read()
-    except OSError:
-        return 0
-    fields = data[data.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
-
-
-@dataclass
-class LoadMeter:
-    """How much CPU went to anything but the bench, chaosfs and nats-server."""
-
-    pids: list[int]
-    start_busy: int = 0
-    start_ours: int = 0
-    start_wall: float = 0.0
-
-    def ours(self) -> int:
-        return sum(process_ticks(pid) for pid in [os.getpid(), *self.pids])
-
-    def start(self) -> None:
-        self.start_busy, self.start_ours = busy_ticks(), self.ours()
-        self.start_wall = time.monotonic()
-
-    def other_percent(self) -> float:
-        """Average CPU use of everything else, in percent of one CPU."""
-        hz = os.sysconf("SC_CLK_TCK")
-        elapsed = max(time.monotonic() - self.start_wall, 1e-6)
-        other = (busy_ticks() - self.start_busy) - (self.ours() - self.start_ours)
-        return max(0.0, other / hz / elapsed * 100)
-
-
-PLACEMENTS = ("free", "split", "same")
-
-
-def placement_cpus(placement: str) -> tuple[set[int] | None, set[int] | None]:
-    """CPUs for (the bench, chaosfs): left to the scheduler, apart, or shared."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if placement == "free" or (placement == "split" and len(cpus) < 2):
-        return None, None
-    if placement == "same":
-        return {cpus[0]}, {cpus[0]}
-    return {cpus[0]}, {cpus[-1]}
-
-
 # --- running and reporting -----------------------------------------------------------
 
 
@@ -663,15 +546,14 @@ def run_round(bench: Bench, workload: Workload, targets: tuple[Target, ...],
     on the same file system is slower (ext4 skips inodes freed moments ago), so a
     fixed order would charge that to whichever target always comes second.
     """
-    meter = LoadMeter(bench.pids())
-    meter.start()
+    meter = OthersMeter(bench.pids())
     figures = {}
     turn %= len(targets)
     for target in targets[turn:] + targets[:turn]:
         if target.name in (CHAOSFS, RULED):  # passthrough_ll runs whatever chaosfs holds
             bench.set_rules(target.name == RULED)
         figures[target.name] = workload.run(target, sizes)
-    return figures, meter.other_percent()
+    return figures, meter.percent()
 
 
 def run_workload(bench: Bench, workload: Workload, targets: tuple[Target, ...],
@@ -687,12 +569,6 @@ def run_workload(bench: Bench, workload: Workload, targets: tuple[Target, ...],
         results.other_load.append(other)
         kept += 1
     results.redone[workload.key] = redone
-
-
-def fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
 
 
 def ratio_cell(value: float | None, base: float | None, goal: float | None) -> str:
@@ -744,21 +620,16 @@ def report(results: Results, workloads: list[Workload], sizes: Sizes, ll_note: s
         plain = results.best(w.key, CHAOSFS)
         ruled = results.best(w.key, RULED)
         goal = f">={w.goal:.2f}x" if w.goal is not None else "(info)"
-        row = (w.label, w.unit, fmt(native), fmt(plain), ratio_cell(plain, native, w.goal),
-               goal, fmt(ruled), ratio_cell(ruled, native, w.goal),
-               cost_cell(plain, ruled))  # fmt: skip
+        row = (w.label, w.unit, fmt_rate(native), fmt_rate(plain),
+               ratio_cell(plain, native, w.goal), goal, fmt_rate(ruled),
+               ratio_cell(ruled, native, w.goal), cost_cell(plain, ruled))  # fmt: skip
         if with_ll:
             ll = results.best(w.key, LL)
             ll_goal = LL_GOAL if w.goal is not None else None
-            row += (fmt(ll), ratio_cell(ll, native, None), ratio_cell(plain, ll, ll_goal))
+            row += (fmt_rate(ll), ratio_cell(ll, native, None), ratio_cell(plain, ll, ll_goal))
         rows.append(row)
     print(headline(results, workloads, ll_note) + "\n")
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for index, row in enumerate(rows):
-        cells = [c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(row)]
-        print(" | ".join(cells))
-        if index == 0:
-            print("-+-".join("-" * w for w in widths))
+    print_table(rows)
     print(f"\nbest of {sizes.repeats}; ratio = figure / native (higher is better); rules cost = "
           f"how much slower {RULE_COUNT} non-matching rules make chaosfs (goal <= "
           f"{RULES_COST_GOAL:g}%)")  # fmt: skip
@@ -850,12 +721,7 @@ def choose(args: argparse.Namespace) -> tuple[Sizes, list[Workload]]:
 def chaosfs_command(args: argparse.Namespace) -> list[str]:
     if args.chaosfs:
         return shlex.split(args.chaosfs)
-    local = BIN / "chaosfs"
-    return [str(local) if local.exists() else "chaosfs"]
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds through the cleanup below
+    return [local_bin("chaosfs")]
 
 
 @contextlib.contextmanager
@@ -874,27 +740,18 @@ def running_bench(args: argparse.Namespace) -> Iterator[Bench]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
-        print("fs_bench: needs root and /dev/fuse (it mounts chaosfs)", file=sys.stderr)
+    if not fuse_ok("fs_bench"):
         return 2
     sizes, workloads = choose(args)
-    signal.signal(signal.SIGTERM, _terminate)
     results = Results()
     ll_note = ""
     started = time.perf_counter()
-    try:
-        with running_bench(args) as bench:
-            targets = prepare(bench, sizes)
-            describe_setup(bench, args.placement)
-            for workload in workloads:
-                run_workload(bench, workload, targets, sizes, results)
-            ll_note = bench.ll_note
-    except KeyboardInterrupt:
-        print("fs_bench: interrupted; mounts and processes cleaned up", file=sys.stderr)
-        return 130
-    except RuntimeError as exc:
-        print(f"fs_bench: {exc}", file=sys.stderr)
-        return 1
+    with exit_on_failure("fs_bench", "mounts and processes"), running_bench(args) as bench:
+        targets = prepare(bench, sizes)
+        describe_setup(bench, args.placement)
+        for workload in workloads:
+            run_workload(bench, workload, targets, sizes, results)
+        ll_note = bench.ll_note
     report(results, workloads, sizes, ll_note)
     print(f"\ntotal {time.perf_counter() - started:.0f}s; {load_summary(results)}")
     return 0

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,17 +38,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchstack import _terminate
-from fs_bench import (
-    BIN,
+from benchstack import (
     PLACEMENTS,
-    _request,
+    exit_on_failure,
+    fmt_rate,
     free_port,
+    fuse_ok,
     is_mounted,
+    local_bin,
+    nats_request,
+    pinned,
     placement_cpus,
     port_open,
+    print_table,
     spawn,
     stop,
+    unmount,
     wait_for,
 )
 
@@ -168,7 +173,7 @@ class Mount:
         cmd = [*chaosfs, "-original", str(self.original), "-mountpoint", str(self.mountpoint),
                "-pidfile", str(pidfile), "-pod", f"{NAMESPACE}/{self.name}", "-nats", nats_url,
                *(["-lazy"] if self.lazy else [])]  # fmt: skip
-        self.proc = spawn(cmd, log, cpus)
+        self.proc = spawn(cmd, log, pinned(cpus))
         wait_for(lambda: pidfile.exists() or self.proc.poll() is not None, 20, self.name)
         if self.proc.poll() is not None:
             text = log.read_text(errors="replace")
@@ -176,8 +181,7 @@ class Mount:
 
     def close(self) -> None:
         stop(self.proc)
-        if is_mounted(self.mountpoint):
-            subprocess.run(["umount", "-l", str(self.mountpoint)], check=False)
+        unmount(self.mountpoint)
 
 
 @dataclass
@@ -194,9 +198,8 @@ class Bench:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> tuple[Target, ...]:
-        server = str(BIN / "nats-server") if (BIN / "nats-server").exists() else "nats-server"
-        self.nats = spawn([server, "-a", "127.0.0.1", "-p", str(self.port)],
-                          self.root / "nats.log")  # fmt: skip
+        self.nats = spawn([local_bin("nats-server"), "-a", "127.0.0.1", "-p", str(self.port)],
+                          self.root / "nats.log", pinned(None))  # fmt: skip
         wait_for(lambda: port_open(self.port), 10, "nats-server to listen")
         native = self.root / "native"
         native.mkdir()
@@ -213,7 +216,7 @@ class Bench:
 
     def status(self, pod: str) -> dict[str, Any]:
         data = codec.encode({"op": "status"})
-        reply = asyncio.run(_request(self.url, pod_command(NAMESPACE, pod), data, 20))
+        reply = asyncio.run(nats_request(self.url, pod_command(NAMESPACE, pod), data, 20))
         if not reply.get("ok"):
             raise RuntimeError(f"status refused: {reply.get('error')}")
         return reply
@@ -249,12 +252,6 @@ def run(bench_targets: tuple[Target, ...], sizes: Sizes) -> dict[tuple[str, str]
     return best
 
 
-def fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
-
-
 def ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:.2f}x" if value is not None and base else "-"
 
@@ -267,14 +264,9 @@ def report(best: dict[tuple[str, str], float], sizes: Sizes, lazy_stats: dict[st
         native = best.get((w.key, "native"))
         plain = best.get((w.key, "chaosfs"))
         lazy = best.get((w.key, "chaosfs -lazy"))
-        rows.append((w.label, w.unit, fmt(native), fmt(plain), ratio(plain, native), fmt(lazy),
-                     ratio(lazy, native), ratio(lazy, plain)))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for index, row in enumerate(rows):
-        cells = [c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(row)]
-        print(" | ".join(cells))
-        if index == 0:
-            print("-+-".join("-" * w for w in widths))
+        rows.append((w.label, w.unit, fmt_rate(native), fmt_rate(plain), ratio(plain, native),
+                     fmt_rate(lazy), ratio(lazy, native), ratio(lazy, plain)))  # fmt: skip
+    print_table(rows)
     print(f"\nbest of {sizes.repeats}; higher is better; lazy/passthrough = chaosfs -lazy / "
           "chaosfs (1.00x: lazy mode costs nothing)")  # fmt: skip
     print(f"fsync-heavy: {sizes.fsyncs:,} x (pwrite 4 KiB at the end of the file, fdatasync).")
@@ -296,20 +288,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
-        print("lazy_bench: needs root and /dev/fuse (it mounts chaosfs)", file=sys.stderr)
+    if not fuse_ok("lazy_bench"):
         return 2
     sizes = QUICK if args.quick else FULL
     if args.repeats:
         sizes = Sizes(sizes.fsyncs, sizes.buffered_mib, args.repeats)
-    chaosfs = args.chaosfs.split() if args.chaosfs else [
-        str(BIN / "chaosfs") if (BIN / "chaosfs").exists() else "chaosfs"]  # fmt: skip
+    chaosfs = args.chaosfs.split() if args.chaosfs else [local_bin("chaosfs")]
     own_cpus, chaosfs_cpus = placement_cpus(args.placement)
-    signal.signal(signal.SIGTERM, _terminate)
     started = time.perf_counter()
     bench = Bench(Path(tempfile.mkdtemp(prefix="chaosfs-lazy-bench-", dir=args.dir)), chaosfs,
                   chaosfs_cpus)  # fmt: skip
-    try:
+    # Closed after exit_on_failure has said why the bench ends, if it does.
+    with contextlib.closing(bench), exit_on_failure("lazy_bench", "mounts and processes"):
         targets = bench.start()
         if own_cpus:
             os.sched_setaffinity(0, own_cpus)
@@ -318,14 +308,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{bench.root}\n")  # fmt: skip
         best = run(targets, sizes)
         lazy_stats = bench.status("lazy")["lazy"]["stats"]
-    except KeyboardInterrupt:
-        print("lazy_bench: interrupted; mounts and processes cleaned up", file=sys.stderr)
-        return 130
-    except RuntimeError as exc:
-        print(f"lazy_bench: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        bench.close()
     report(best, sizes, lazy_stats)
     print(f"\ntotal {time.perf_counter() - started:.0f}s")
     return 0

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import mmap
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from benchstack import BIN, cpu_seconds, free_port, port_open, stop, unmount
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "libs"))
 from chaosbus import codec
 from chaosbus.subjects import pod_command
 
-BIN = Path(sys.executable).parent
 POD = ("bench", "rules-0")
 ACTIONS: dict[str, dict[str, Any]] = {
     "errno": {"action": "errno", "errno": "EIO"},
@@ -54,24 +51,6 @@ ACTIONS: dict[str, dict[str, Any]] = {
         "seed": 1,
     },
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _listening(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-        return True
-    return False
 
 
 def request(url: str, command: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +134,7 @@ def main() -> int:
             )
         )
         deadline = time.monotonic() + 20
-        while not _listening(port):
+        while not port_open(port):
             if time.monotonic() > deadline:
                 raise RuntimeError("nats-server did not start")
             time.sleep(0.05)
@@ -177,9 +156,9 @@ def main() -> int:
         def measure(work: Callable[[], float]) -> float:
             """chaosfs's own CPU time per operation, in microseconds: unlike
             throughput, it hardly moves when other processes share the machine."""
-            cpu = _cpu_seconds(chaosfs_pid)
+            cpu = cpu_seconds(chaosfs_pid)
             rate = work()
-            return (_cpu_seconds(chaosfs_pid) - cpu) / (rate * seconds) * 1e6
+            return (cpu_seconds(chaosfs_pid) - cpu) / (rate * seconds) * 1e6
 
         best: dict[str, list[float]] = {name: [1e9, 1e9] for name in ("no rules", *ACTIONS)}
         for _ in range(rounds):
@@ -218,14 +197,8 @@ def main() -> int:
         return 0
     finally:
         for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(10)
-            if proc.poll() is None:
-                proc.kill()
-        if os.path.ismount(mountpoint):
-            subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+            stop(proc, 10.0)
+        unmount(mountpoint)
         shutil.rmtree(work, ignore_errors=True)
 
 
