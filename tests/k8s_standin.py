@@ -61,6 +61,15 @@ What it implements (and nothing more):
 * Failures: 500/429 answers with a ``Status`` body (429 with ``Retry-After``), dropped
   connections before any answer, and watches ended cleanly (as at ``timeoutSeconds``)
   or cut mid-stream. They apply to any request (or only to watches).
+* TokenReview (``POST /apis/authentication.k8s.io/v1/tokenreviews``, answered 201) of
+  the ServiceAccount tokens :meth:`KubeStandin.issue_token` makes, bound to a pod as the
+  kubelet's projected tokens are: JWT-shaped, with the real claims (``aud``, ``exp``,
+  ``kubernetes.io.pod``...). A token is authenticated while it has not expired, names
+  one of the requested audiences (none requested: the API server's own) and its pod
+  still exists with the same uid; the user is ``system:serviceaccount:<ns>:<sa>`` with
+  the real ``extra`` (``authentication.kubernetes.io/pod-name``, ``pod-uid``,
+  ``credential-id``, ``node-name``). Otherwise the status is the real refusal: no
+  ``authenticated``, an empty user and an ``error``.
 
 Not implemented: authentication and authorization (the bearer token is ignored),
 schema validation of custom resources (a registered kind accepts any body), strategic
@@ -116,6 +125,8 @@ _REASONS = {
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 _COMMON_FIELDS = ("metadata.name", "metadata.namespace")
+TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"  # the API server's own
 
 
 # --- resources ---------------------------------------------------------------------
@@ -437,6 +448,7 @@ class KubeStandin:
         self._faults: list[tuple[str, int, bool]] = []
         self._snapshots: dict[str, tuple[int, list[dict[str, Any]]]] = {}
         self._tokens = itertools.count(1)
+        self.service_tokens: dict[str, dict[str, Any]] = {}  # token -> its claims
         self._runner: web.AppRunner | None = None
         self.port = 0
         for resource in (*BUILTIN, *resources):
@@ -675,6 +687,90 @@ class KubeStandin:
             if res in EVENT_RESOURCES and namespace in (None, ns)
         ]
         return sorted(found, key=lambda o: int(o["metadata"]["resourceVersion"]))
+
+    # --- ServiceAccount tokens (TokenReview) ---
+
+    def issue_token(
+        self,
+        namespace: str,
+        pod: str,
+        *,
+        audiences: Iterable[str] = (API_AUDIENCE,),
+        expires_in: float = 3600.0,
+        service_account: str = "default",
+    ) -> str:
+        """A ServiceAccount token bound to an existing pod, as the kubelet requests it for
+        a projected token volume (negative ``expires_in``: already expired)."""
+        obj = self._get("pods", namespace, pod)
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "aud": list(audiences),
+            "exp": now + int(expires_in),
+            "iat": now,
+            "iss": API_AUDIENCE,
+            "jti": str(uuid.uuid4()),
+            "kubernetes.io": {
+                "namespace": namespace,
+                "pod": {"name": pod, "uid": obj["metadata"]["uid"]},
+                "serviceaccount": {
+                    "name": service_account,
+                    "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{namespace}/{service_account}")),
+                },
+            },
+            "nbf": now,
+            "sub": f"system:serviceaccount:{namespace}:{service_account}",
+        }
+        node = obj["spec"].get("nodeName")
+        if node:
+            claims["kubernetes.io"]["node"] = {"name": node, "uid": str(uuid.uuid4())}
+        header = _b64url(json.dumps({"alg": "RS256", "kid": "standin"}).encode())
+        payload = _b64url(json.dumps(claims).encode())
+        token = f"{header}.{payload}.{_b64url(secrets.token_bytes(64))}"
+        self.service_tokens[token] = claims
+        return token
+
+    def review_token(self, token: Any, audiences: Any = None) -> dict[str, Any]:
+        """The ``status`` a TokenReview of ``token`` gets, as the real API server decides it."""
+        claims = self.service_tokens.get(token) if isinstance(token, str) else None
+        if claims is None:
+            return _unauthenticated("square/go-jose: error in cryptographic primitive")
+        wanted = list(audiences) if isinstance(audiences, list) and audiences else [API_AUDIENCE]
+        common = [a for a in wanted if a in claims["aud"]]
+        if not common:
+            return _unauthenticated(
+                f"token audiences {json.dumps(claims['aud'])} is invalid for the target "
+                f"audiences {json.dumps(wanted)}"
+            )
+        if time.time() >= claims["exp"]:
+            return _unauthenticated("service account token has expired")
+        bound = claims["kubernetes.io"]
+        namespace, pod = bound["namespace"], bound["pod"]
+        current = self.objects.get(("pods", namespace, pod["name"]))
+        if current is None or current["metadata"]["uid"] != pod["uid"]:
+            # The pod is gone (or is another pod of the same name): the token dies with it.
+            return _unauthenticated("service account token has been invalidated")
+        extra = {
+            "authentication.kubernetes.io/credential-id": [f"JTI={claims['jti']}"],
+            "authentication.kubernetes.io/pod-name": [pod["name"]],
+            "authentication.kubernetes.io/pod-uid": [pod["uid"]],
+        }
+        if "node" in bound:
+            extra["authentication.kubernetes.io/node-name"] = [bound["node"]["name"]]
+            extra["authentication.kubernetes.io/node-uid"] = [bound["node"]["uid"]]
+        user = {
+            "username": claims["sub"],
+            "uid": bound["serviceaccount"]["uid"],
+            "groups": [
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{namespace}",
+                "system:authenticated",
+            ],
+            "extra": extra,
+        }
+        return {"authenticated": True, "user": user, "audiences": common}
+
+    def token_reviews(self) -> list[Request]:
+        return [r for r in self.requests if r.path == TOKEN_REVIEW_PATH and r.method == "POST"]
 
     # --- stream and failure controls ---
 
@@ -1096,6 +1192,8 @@ class KubeStandin:
                 _status(code, reason, "injected failure"), status=code, headers=headers
             )
         try:
+            if request.path == TOKEN_REVIEW_PATH and request.method == "POST":
+                return web.json_response(_token_review(self, body), status=201)
             if route is None:
                 raise ApiError(404, "the server could not find the requested resource")
             if isinstance(body, bytes):
@@ -1252,6 +1350,28 @@ class KubeStandin:
         finally:
             self._watches.discard(w)
         return resp
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unauthenticated(reason: str) -> dict[str, Any]:
+    # As the real server answers: "authenticated" left out (false), an empty user.
+    return {"user": {}, "error": f"[invalid bearer token, {reason}]"}
+
+
+def _token_review(standin: KubeStandin, body: Any) -> dict[str, Any]:
+    spec = body.get("spec") if isinstance(body, dict) else None
+    if not isinstance(spec, dict) or not spec.get("token"):
+        raise ApiError(422, "spec.token: Required value")
+    return {
+        "kind": "TokenReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": None},
+        "spec": spec,
+        "status": standin.review_token(spec["token"], spec.get("audiences")),
+    }
 
 
 def _conflict(res: Resource, name: str) -> ApiError:
