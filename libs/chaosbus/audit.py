@@ -21,7 +21,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 from . import codec
-from .kv import Refused, api_request, configured_replicas
+from .kv import Refused, api_request, configured_replicas, note
 from .subjects import PREFIX, encode_token
 
 STREAM = "AUDIT"
@@ -102,8 +102,12 @@ async def ensure_stream(nc: Client, *, max_age: float, max_bytes: int) -> None:
     merged = {**current, **{k: wanted[k] for k in MANAGED if k in wanted}}
     if merged == current:
         return
-    with contextlib.suppress(Refused):
+    try:
         await api_request(nc, f"STREAM.UPDATE.{STREAM}", merged)
+    except Refused:
+        return
+    changed = sorted(k for k in MANAGED if merged.get(k) != current.get(k))
+    note("stream_updated", stream=STREAM, changed=changed)
 
 
 class AuditLog:
@@ -126,10 +130,10 @@ class AuditLog:
         self._task = asyncio.create_task(self._drain(nc))
 
     async def stop(self, timeout: float = 2.0) -> None:
-        """Flush what is queued (briefly), then stop."""
-        deadline = time.monotonic() + timeout
-        while not self._queue.empty() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        """Flush what is queued, the event being sent included (briefly), then stop."""
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), timeout)
         if self._task is not None:
             self._task.cancel()
             # Bounded: a cancelled publish inside nats-py can take its time to unwind.
@@ -148,6 +152,8 @@ class AuditLog:
                     await js.publish(
                         subject, payload, headers={"Nats-Msg-Id": event["id"]}, timeout=2
                     )
+                    # Counted done only once stored: stop() waits for this one too.
+                    self._queue.task_done()
                     break
                 except Exception as exc:
                     # Keep the event and retry; the id makes a duplicate harmless.

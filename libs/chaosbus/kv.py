@@ -6,8 +6,9 @@ cluster hold each bucket and stream. Unset, new ones get one replica and existin
 ones are left as they are; set, new ones get that many and existing ones with
 another count are changed to it, by whichever process is allowed to change them
 (nats.conf grants that to the role that creates them; the others' attempts are
-refused by the server at once and skipped). One variable, read where buckets and
-streams are opened, so every service follows it without a flag of its own.
+refused by the server, noticed within a round trip, and skipped). One variable,
+read where buckets and streams are opened, so every service follows it without a
+flag of its own.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ async def api_request(
     drops it and sends the connection an error, so a plain request would wait its
     whole timeout. Here a ping follows the request, and as the server answers in
     order, the refusal (if any) has arrived by the time the ping's answer has:
-    ``Refused`` is raised at once. An error answer raises nats-py's APIError
-    subclasses (NotFoundError, BadRequestError, ...).
+    ``Refused`` is raised within two round trips. An error answer raises nats-py's
+    APIError subclasses (NotFoundError, BadRequestError, ...).
     """
     full = f"{API_PREFIX}.{subject}"
     before = nc.last_error
@@ -73,7 +74,10 @@ async def api_request(
     try:
         payload = json.dumps(body).encode() if body is not None else b""
         await nc.publish(full, payload, reply=inbox)
-        await nc.flush(timeout)
+        # nats-py writes a ping ahead of the publishes it still holds, so the first
+        # flush may overtake the request; the second follows it on the wire.
+        await nc.flush(max(1, round(timeout)))  # nats-py takes whole seconds here
+        await nc.flush(max(1, round(timeout)))
         error = nc.last_error
         if error is not None and error is not before and _refuses(error, full):
             raise Refused(f"the NATS server refused {full} to this user: {error}")
@@ -90,8 +94,9 @@ async def api_request(
 
 
 def _refuses(error: Exception, subject: str) -> bool:
-    text = str(error)
-    return "Permissions Violation" in text and f'"{subject}"' in text
+    # nats-py lowercases the server's error: 'permissions violation for publish to "..."'.
+    text = str(error).lower()
+    return "permissions violation" in text and f'"{subject.lower()}"' in text
 
 
 async def converge_replicas(nc: Client, stream: str, replicas: int) -> bool:
@@ -113,11 +118,12 @@ async def converge_replicas(nc: Client, stream: str, replicas: int) -> bool:
         await api_request(nc, f"STREAM.UPDATE.{stream}", {**config, "num_replicas": replicas})
     except Refused:
         return False
-    _note("stream_replicas_changed", stream=stream, replicas_before=before, replicas=replicas)
+    note("stream_replicas_changed", stream=stream, replicas_before=before, replicas=replicas)
     return True
 
 
-def _note(event: str, **fields: Any) -> None:
+def note(event: str, **fields: Any) -> None:
+    """Log a change made to a stream, in a service's log."""
     # Services configure structlog (JSON lines on stderr); chaosctl does not, and
     # structlog's default would print on stdout among its output: stay silent there.
     if structlog.is_configured():
@@ -151,7 +157,7 @@ async def open_bucket(
             )
         )
     if replicas is not None:
-        await converge_replicas(nc, kv._stream, replicas)
+        await converge_replicas(nc, f"KV_{name}", replicas)
     return kv
 
 

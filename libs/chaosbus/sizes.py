@@ -28,7 +28,7 @@ from fractions import Fraction
 
 MAX_SIZE = (1 << 63) - 1  # what a signed 64-bit field (msgpack, the kernel) holds
 
-_KUBERNETES = {
+_KUBERNETES: dict[str, int | Fraction] = {
     "": 1,
     "Ki": 1 << 10,
     "Mi": 1 << 20,

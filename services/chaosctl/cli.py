@@ -18,6 +18,9 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+import nats.errors
+from nats.js.errors import ServiceUnavailableError
+
 from chaosbus.bus import add_bus_arguments, auth_from_args, default_url
 from chaosbus.durations import parse_duration
 
@@ -276,6 +279,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Refused as exc:
         print(f"chaosctl: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    except (nats.errors.TimeoutError, ServiceUnavailableError) as exc:
+        # On a NATS cluster a stream answers once its servers agree on a leader,
+        # which takes seconds after one goes away: a retry soon will get through.
+        print(f"chaosctl: NATS did not answer in time ({exc}); try again", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         return 130
 

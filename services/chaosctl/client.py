@@ -37,24 +37,34 @@ class Session:
 
     @classmethod
     async def open(cls, url: str, timeout: float, **auth: Any) -> Session:
-        try:
-            # Bounded here as a whole: with reconnects off, nats-py 2.16 still retries
-            # a refused first connection forever (max_reconnect_attempts=0 is "no limit").
-            nc = await asyncio.wait_for(
-                connect(
-                    url,
-                    name="chaosctl",
-                    reconnect_forever=False,
-                    connect_timeout=min(timeout, 2.0),
-                    **auth,
-                ),
-                timeout=max(timeout, 2.0),
-            )
-        except TimeoutError:
-            raise Unreachable(f"cannot reach NATS at {url} within {max(timeout, 2.0):g}s") from None
-        except Exception as exc:
-            raise Unreachable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
-        return cls(nc, timeout)
+        # Bounded here as a whole: with reconnects off, nats-py 2.16 still retries
+        # a refused first connection forever (max_reconnect_attempts=0 is "no limit"),
+        # but gives up on the first server that fails after accepting (a server dying
+        # during the handshake): then try again, nats-py shuffling the URLs anew.
+        deadline = time.monotonic() + max(timeout, 2.0)
+        while True:
+            try:
+                nc = await asyncio.wait_for(
+                    connect(
+                        url,
+                        name="chaosctl",
+                        reconnect_forever=False,
+                        connect_timeout=min(timeout, 2.0),
+                        **auth,
+                    ),
+                    timeout=max(0.1, deadline - time.monotonic()),
+                )
+                return cls(nc, timeout)
+            except TimeoutError:
+                raise Unreachable(
+                    f"cannot reach NATS at {url} within {max(timeout, 2.0):g}s"
+                ) from None
+            except Exception as exc:
+                if "," not in url or time.monotonic() >= deadline:
+                    raise Unreachable(
+                        f"cannot reach NATS at {url}: {exc or type(exc).__name__}"
+                    ) from None
+                await asyncio.sleep(0.1)
 
     async def close(self) -> None:
         await self.nc.close()

@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(run(args))
     except KeyboardInterrupt:
         return 0
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"chaos-template-watcher: {exc}", file=sys.stderr)
         return 1
 
