@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
+import json
 import os
+import random
 import threading
 import time
 from typing import Any
@@ -22,7 +25,9 @@ import structlog
 import trio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
+from nats.js.kv import KV_DEL, KV_OP
 
 from chaosbus import __version__, codec, protocol, registry
 from chaosbus.audit import STREAM as AUDIT_STREAM
@@ -35,7 +40,7 @@ from chaosbus.subjects import FLEET_COMMAND, pod_command, pod_event
 from . import processes
 from .cli import Config
 from .convergence import DesiredState
-from .faults import FaultEngine, process_name
+from .faults import FaultEngine, RuleState, process_name
 from .lazyfs import LazyOperations
 from .passthrough import ChaosOperations
 
@@ -46,6 +51,10 @@ IDLE_RECHECK = 60.0  # the longest the expiry and event loops sleep with nothing
 INJECTION_FLUSH_INTERVAL = 0.25
 LAZY_OFF = "lazy mode is off: start chaosfs with -lazy"
 INJECTION_BATCH = 50  # per flush: at most 200 events a second leave a sidecar
+# How soon a budget rule's moved counters reach the registry entry: what a sidecar
+# killed within this time of a fault loses (the rule may fire that once more).
+COUNTERS_SAVE_INTERVAL = 0.5
+SETTLE_TIMEOUT = 1.0  # seconds for what is left on the bus loop to end at shutdown
 
 
 class MountClosing(protocol.CommandError):
@@ -79,6 +88,11 @@ class BusControl:
         # idle agents on one machine must cost next to nothing).
         self._rules_moved = asyncio.Event()
         self._events_wake = asyncio.Event()
+        self._counters_wake = asyncio.Event()  # the rule set changed: see _keep_counters
+        # Counters a previous sidecar of this pod left (see _read_counters), by rule id,
+        # until desired state has said which rules come back.
+        self._restored: dict[str, dict[str, Any]] = {}
+        self._digests: dict[str, tuple[FaultRule, str]] = {}
         engine.on_first_event = self._events_queued
         self.audit: AuditLog | None = None
         self._last_error = ""
@@ -110,7 +124,10 @@ class BusControl:
         except Exception:
             self.log.exception("bus_thread_crashed")
         finally:
-            self._loop.close()
+            try:
+                self._loop.run_until_complete(_settle(self._loop))
+            finally:
+                self._loop.close()
 
     async def _main(self) -> None:
         # Expiry and the event feed run whether or not the bus is reachable:
@@ -132,6 +149,9 @@ class BusControl:
             except TimeoutError:
                 # Registration is retried with every heartbeat (see _register).
                 self.log.warning("jetstream_slow", step="audit stream and registry", after=3.0)
+            # What a sidecar of this pod left in the registry, read before this one's
+            # first write replaces it and before desired state brings the rules back.
+            await self._read_counters()
             self.audit.start(nc)
             desired = DesiredState(
                 self.config.namespace,
@@ -141,7 +161,8 @@ class BusControl:
                 self.log,
                 audit=self._audit,
             )
-            chores.append(asyncio.create_task(desired.run(nc, self._resync)))
+            following = asyncio.create_task(desired.run(nc, self._resync))
+            chores.append(following)
             pod_subject = pod_command(self.config.namespace, self.config.pod)
             await nc.subscribe(pod_subject, cb=functools.partial(self._on_command, fleet=False))
             # A plain subscription, not a queue group: every sidecar must get fleet commands.
@@ -150,9 +171,15 @@ class BusControl:
             self.log.info("bus_listening", subject=pod_subject, fleet_subject=FLEET_COMMAND)
             await self._announce("ready")
             heartbeat = asyncio.create_task(self._heartbeat())
-            chores.append(heartbeat)
+            chores += [heartbeat, asyncio.create_task(self._keep_counters())]
             await self._stopping.wait()
+            # Stop following desired state while the connection is still open: then
+            # its subscriptions end with it (nats-py leaves their helper tasks behind
+            # when the connection is already closed), and no rule changes any more
+            # under the goodbye's counters.
             heartbeat.cancel()  # nothing may follow "gone"
+            following.cancel()
+            await asyncio.gather(heartbeat, following, return_exceptions=True)
             # Say goodbye, briefly: a pod's termination grace period is short.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._announce("gone"), 1.0)
@@ -202,11 +229,26 @@ class BusControl:
         key = registry.key(self.config.namespace, self.config.pod)
         try:
             if gone:
-                await kv.delete(key)
+                await self._leave(kv, key)
             else:
                 await kv.put(key, codec.encode(self._record()))
         except Exception as exc:
             self.log.warning("registry_write_failed", error=str(exc))
+
+    async def _leave(self, kv: Any, key: str) -> None:
+        """Take this pod out of the registry, keeping its rules' counters.
+
+        It is a KV delete, so every reader of the registry sees the pod gone; its
+        body holds the counters for the next sidecar of this pod, which a plain
+        delete would lose on every clean restart.
+        """
+        counters = self._counters()
+        if not counters:
+            await kv.delete(key)
+            return
+        body = codec.encode({"pod": self.config.pod_ref, "counters": counters})
+        # nats-py 2.16's KeyValue keeps its context and subject prefix here.
+        await kv._js.publish(f"{kv._pre}{key}", body, headers={KV_OP: KV_DEL})
 
     def _record(self) -> dict[str, Any]:
         rules = self.engine.describe()
@@ -219,10 +261,133 @@ class BusControl:
             "rules": [
                 {"id": r["id"], "action": r["action"], "fired": r["stats"]["fired"]} for r in rules
             ],
+            "counters": self._counters(),
         }
+
+    # --- counters that outlive the process ------------------------------------------
+    #
+    # A rule's count, after and quota budgets live in its counters. When the sidecar
+    # restarts under the same pod name, desired state brings the rule back; without
+    # its counters a spent --count 1 rule would fire again. So the registry entry
+    # carries every rule's counters (written within COUNTERS_SAVE_INTERVAL of a
+    # change, and in the goodbye), and the next sidecar of the pod gives them back
+    # to the very same rule: same id, same content.
+
+    def _digest(self, rule: FaultRule) -> str:
+        cached = self._digests.get(rule.id)
+        if cached is None or cached[0] is not rule:
+            text = json.dumps(rule.to_wire(), sort_keys=True, separators=(",", ":"), default=str)
+            cached = (rule, hashlib.sha256(text.encode()).hexdigest()[:32])
+            self._digests[rule.id] = cached
+        return cached[1]
+
+    def _counters(self) -> list[dict[str, Any]]:
+        """Every held rule's counters that moved, and those restored but not yet claimed."""
+        out = []
+        held = set()
+        for rule in self.engine.rules.rules:
+            held.add(rule.id)
+            st = self.engine.state.get(rule.id)
+            if st is None or not (st.matched or st.fired or st.quota_used):
+                continue
+            out.append(
+                {
+                    "id": rule.id,
+                    "digest": self._digest(rule),
+                    "matched": st.matched,
+                    "fired": st.fired,
+                    "quota_used": st.quota_used,
+                    "last_fired": st.last_fired,
+                }
+            )
+        # Carried over, so that a sidecar killed before desired state came back still
+        # leaves them for the next one.
+        out += [c for rule_id, c in self._restored.items() if rule_id not in held]
+        for rule_id in [i for i in self._digests if i not in held]:
+            del self._digests[rule_id]
+        return out
+
+    async def _read_counters(self) -> None:
+        """Read the counters the previous sidecar of this pod left in the registry.
+
+        With a consumer filtered on this pod's own key, which a permission can name,
+        rather than a get by subject, whose subject travels in the request body: a
+        sidecar may then be allowed to read its own entry and no other pod's.
+        """
+        kv = self._registry
+        if kv is None or self._nc is None:
+            return
+        subject = f"{kv._pre}{registry.key(self.config.namespace, self.config.pod)}"
+        try:
+            data = await asyncio.wait_for(_last_value(self._nc, kv._stream, subject), 2.0)
+        except Exception as exc:
+            # Refused or slow: the rules still come back, with fresh counters.
+            self.log.warning("counters_unreadable", error=str(exc) or type(exc).__name__)
+            return
+        try:
+            record = codec.decode(data, limit=registry.ENTRY_LIMIT) if data else {}
+        except codec.DecodeError:
+            return
+        found = record.get("counters") if isinstance(record, dict) else None
+        for item in found if isinstance(found, list) else []:
+            saved = _saved_counters(item)
+            if saved is not None:
+                self._restored[saved["id"]] = saved
+        if self._restored:
+            self.log.info("counters_found", rules=sorted(self._restored))
+
+    def _restore(self, wanted: list[FaultRule]) -> None:
+        """Give rules that come back from desired state the counters they had."""
+        restored, self._restored = self._restored, {}
+        if not restored:
+            return
+        held = {r.id for r in self.engine.rules.rules}
+        for rule in wanted:
+            saved = restored.get(rule.id)
+            if saved is None or rule.id in held or saved["digest"] != self._digest(rule):
+                continue
+            # In place before the rule set that holds the rule is published: the engine
+            # keeps a rule's existing state, so the FUSE thread never sees fresh counters.
+            self.engine.state[rule.id] = RuleState(
+                rng=random.Random(rule.seed),
+                matched=saved["matched"],
+                fired=saved["fired"],
+                last_fired=saved["last_fired"],
+                quota_used=saved["quota_used"],
+            )
+            self.log.info(
+                "counters_restored", rule=rule.id, matched=saved["matched"], fired=saved["fired"]
+            )
+
+    async def _keep_counters(self) -> None:
+        """Write the registry entry soon after a budget rule's counters move."""
+        written: tuple = ()
+        while True:
+            budgets = [
+                r
+                for r in self.engine.rules.rules
+                if r.count is not None or r.after or r.action == "enospc"
+            ]
+            if not budgets:
+                # Asleep until the rule set changes: idle sidecars cost nothing here.
+                self._counters_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._counters_wake.wait(), IDLE_RECHECK)
+                continue
+            await asyncio.sleep(COUNTERS_SAVE_INTERVAL)
+            states = self.engine.state
+            now = tuple(
+                (r.id, st.matched, st.fired, st.quota_used)
+                for r in budgets
+                if (st := states.get(r.id)) is not None and (st.matched or st.quota_used)
+            )
+            if now != written:
+                await self._register()
+                written = now
 
     async def _converge(self, wanted: list[FaultRule]) -> None:
         """Desired state changed (or was read again): hold what it says."""
+        self._restore(wanted)
         changed, removed = self.engine.converge(wanted)
         if not changed and not removed:
             return
@@ -241,6 +406,7 @@ class BusControl:
 
     def _rules_changed(self) -> None:
         self._rules_moved.set()
+        self._counters_wake.set()
 
     def _events_queued(self) -> None:
         """From the FUSE thread: never blocks, and a closed loop has nobody to tell."""
@@ -598,6 +764,71 @@ class BusControl:
         except MountClosing:
             return
         await asyncio.get_running_loop().run_in_executor(None, _invalidate, targets)
+
+
+async def _last_value(nc: Client, stream: str, subject: str) -> bytes | None:
+    """The body of the last message on ``subject`` (a KV delete's too), or None."""
+    sub = await nc.jetstream(timeout=1.0).subscribe(
+        subject,
+        stream=stream,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        inactive_threshold=30.0,
+    )
+    try:
+        info = await sub.consumer_info()
+        if (info.delivered is None or info.delivered.consumer_seq == 0) and not info.num_pending:
+            return None  # the first sidecar of this pod
+        return (await sub.next_msg(timeout=1.0)).data
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+def _saved_counters(item: Any) -> dict[str, Any] | None:
+    """One rule's counters as a registry entry holds them, or None if malformed
+    (any sidecar can write the registry; a bad entry must not break a start)."""
+    if not isinstance(item, dict):
+        return None
+    rule_id, digest = item.get("id"), item.get("digest")
+    numbers = [item.get(name) for name in ("matched", "fired", "quota_used")]
+    last = item.get("last_fired")
+    if not isinstance(rule_id, str) or not isinstance(digest, str):
+        return None
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        return None
+    if last is not None and (isinstance(last, bool) or not isinstance(last, int | float)):
+        return None
+    matched, fired, quota_used = numbers
+    return {
+        "id": rule_id,
+        "digest": digest,
+        "matched": matched,
+        "fired": fired,
+        "quota_used": quota_used,
+        "last_fired": None if last is None else float(last),
+    }
+
+
+async def _settle(loop: asyncio.AbstractEventLoop) -> None:
+    """End what is still running on the bus loop before it closes, as asyncio.run does.
+
+    nats-py leaves tasks of its own behind (a subscription's heartbeat checks, a
+    reader of a closed connection); closing the loop under them prints "Task was
+    destroyed but it is pending!" and "Event loop is closed" tracebacks.
+    """
+    current = asyncio.current_task()
+    left = [t for t in asyncio.all_tasks(loop) if t is not current]
+    for task in left:
+        task.cancel()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*left, return_exceptions=True), SETTLE_TIMEOUT)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(loop.shutdown_asyncgens(), SETTLE_TIMEOUT)
+    # Threads of run_in_executor that are still at work; one that finishes after
+    # the loop closed would fail to hand its result back, with a traceback.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(loop.shutdown_default_executor(), SETTLE_TIMEOUT)
 
 
 def _invalidate(targets: list[tuple[int, int, bytes]]) -> None:

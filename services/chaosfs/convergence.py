@@ -1,10 +1,20 @@
 """Converging a sidecar to its desired state in JetStream KV.
 
-Two watches, one on the fleet's entries and one on this pod's, feed one view;
-once both have delivered their current values (the ``None`` marker), every
-change recomputes the rules this sidecar should hold and hands them to the
-engine. After a reconnect the watches are started afresh, so whatever was missed
+Two feeds, one on the fleet's entries and one on this pod's, fill one view.
+Nothing is applied until both have delivered every current value; from then on,
+every change recomputes the rules this sidecar should hold and hands them to the
+engine. After a reconnect the feeds are started afresh, so whatever was missed
 while away is read again.
+
+Each feed is one ordered consumer of the bucket's stream that delivers the last
+value of every key in its range and then every later write, in stream order: no
+write between reading the current values and following the changes can be lost.
+The current values are complete with the first message the server sends with
+nothing left pending, or at once when the server says it has sent nothing and
+has nothing to send. nats-py's KV watch decides this from a consumer-info reply
+that races the deliveries, and can mark the values complete before the last one,
+or before the first: converging on part of the desired state would remove rules
+that are still wanted and reset their counters.
 """
 
 from __future__ import annotations
@@ -16,13 +26,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE
 
 from chaosbus import codec, desired
 from chaosbus.rules import FaultRule
 from chaosbus.subjects import decode_token
 
 Apply = Callable[[list[FaultRule]], Awaitable[None]]
+# nats-server 2.11+ marks a key removed by a per-message expiry with this header
+# instead of KV-Operation.
+MARKER_REASON = "Nats-Marker-Reason"
+INACTIVE_THRESHOLD = 300.0  # seconds before the server drops a feed whose sidecar vanished
+COMPLETE = object()  # queued when a feed has delivered every current value
 
 
 class DesiredState:
@@ -46,12 +64,12 @@ class DesiredState:
         self.synced = asyncio.Event()
 
     async def run(self, nc: Client, restart: asyncio.Event) -> None:
-        """Watch until cancelled; start over whenever ``restart`` is set (a reconnect)."""
+        """Follow until cancelled; start over whenever ``restart`` is set (a reconnect)."""
         delay = 0.2
         while True:
             restart.clear()
             try:
-                await self._watch(nc, restart)
+                await self._follow(nc, restart)
                 delay = 0.2
             except asyncio.CancelledError:
                 raise
@@ -62,65 +80,104 @@ class DesiredState:
                 await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _watch(self, nc: Client, restart: asyncio.Event) -> None:
+    async def _follow(self, nc: Client, restart: asyncio.Event) -> None:
         kv = await nc.jetstream().key_value(desired.BUCKET)
         prefix = desired.pod_prefix(self.namespace, self.name)
-        fleet_watch = await kv.watch("fleet.>")
-        pod_watch = await kv.watch(f"{prefix}.>")
-        fleet: dict[str, desired.Entry] = {}
-        pod: dict[str, desired.Entry] = {}
-        initial = {"fleet": False, "pod": False}
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-        async def pump(which: str, watcher: Any) -> None:
-            async for entry in watcher:
-                await queue.put((which, entry))
-
-        tasks = [
-            asyncio.create_task(pump("fleet", fleet_watch)),
-            asyncio.create_task(pump("pod", pod_watch)),
-        ]
+        subs: list[Any] = []
         restarted = asyncio.create_task(restart.wait())
+        getter: asyncio.Task[tuple[str, Any]] | None = None
         try:
+            for which, keys in (("fleet", "fleet.>"), ("pod", f"{prefix}.>")):
+                subs.append(await _feed(kv, keys, which, queue))
+            fleet: dict[str, desired.Entry] = {}
+            pod: dict[str, desired.Entry] = {}
+            complete = {"fleet": False, "pod": False}
+            read = False
             while True:
-                getter = asyncio.create_task(queue.get())
-                done, _ = await asyncio.wait({getter, restarted}, return_when="FIRST_COMPLETED")
-                if restarted in done:
-                    getter.cancel()
+                # Everything already queued is taken in one go, and applied once.
+                batch = []
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                if not batch:
+                    getter = asyncio.create_task(queue.get())
+                    await asyncio.wait({getter, restarted}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        return  # a reconnect: read everything again
+                    batch.append(getter.result())
+                    getter = None
+                if restarted.done():
                     return
-                which, entry = getter.result()
-                table = fleet if which == "fleet" else pod
-                if entry is None:
-                    initial[which] = True
-                else:
-                    self._update(table, entry)
-                if all(initial.values()):
+                for which, item in batch:
+                    if item is COMPLETE:
+                        complete[which] = True
+                        continue
+                    self._update(fleet if which == "fleet" else pod, item)
+                    if item.metadata.num_pending == 0:
+                        complete[which] = True
+                if all(complete.values()):
+                    if not read:
+                        read = True
+                        self.log.info("desired_state_read", fleet=len(fleet), pod=len(pod))
                     self.fleet, self.pod = fleet, pod
                     await self.converge()
                     self.synced.set()
         finally:
-            restarted.cancel()
-            for task in tasks:
-                task.cancel()
-            for watcher in (fleet_watch, pod_watch):
+            for task in (restarted, getter):
+                if task is not None:
+                    task.cancel()
+            for sub in subs:
+                # While the connection is open this also ends nats-py's heartbeat and
+                # flow-control tasks for the feed; the shutdown relies on that.
                 with contextlib.suppress(Exception):
-                    await watcher.stop()
+                    await sub.unsubscribe()
 
-    def _update(self, table: dict[str, desired.Entry], entry: Any) -> None:
-        rule_id = entry.key.rsplit(".", 1)[-1]
-        if entry.operation in ("DEL", "PURGE") or entry.value is None:
-            table.pop(decode_token(rule_id), None)
+    def _update(self, table: dict[str, desired.Entry], msg: Msg) -> None:
+        key = msg.subject.split(".", 2)[2]  # $KV.<bucket>.<key>
+        rule_id = decode_token(key.rsplit(".", 1)[-1])
+        headers = msg.headers or {}
+        if headers.get(KV_OP) in (KV_DEL, KV_PURGE) or MARKER_REASON in headers:
+            table.pop(rule_id, None)
             return
         try:
-            table[decode_token(rule_id)] = desired.Entry.from_wire(codec.decode(entry.value))
+            table[rule_id] = desired.Entry.from_wire(codec.decode(msg.data))
         except (ValueError, codec.DecodeError) as exc:
             # Dropped, logged and audited; the rest of the desired state still applies.
-            self.log.warning("desired_entry_unreadable", key=entry.key, error=str(exc))
+            self.log.warning("desired_entry_unreadable", key=key, error=str(exc))
             if self.audit is not None:
-                self.audit("desired.rejected", key=entry.key, reason=str(exc))
+                self.audit("desired.rejected", key=key, reason=str(exc))
 
     async def converge(self) -> None:
         rules = desired.compute(
             self.fleet, self.pod, self.namespace, self.name, self.labels, time.time(), self.log
         )
         await self.apply(rules)
+
+
+async def _feed(kv: Any, keys: str, which: str, queue: asyncio.Queue[tuple[str, Any]]) -> Any:
+    """Start one feed of ``keys`` into ``queue``: (which, message) for each value, then
+    for each change; (which, COMPLETE) if the range holds no value at all."""
+
+    async def deliver(msg: Msg) -> None:
+        queue.put_nowait((which, msg))
+
+    # nats-py 2.16's KeyValue keeps its context, stream and subject prefix here.
+    sub = await kv._js.subscribe(
+        f"{kv._pre}{keys}",
+        stream=kv._stream,
+        cb=deliver,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        inactive_threshold=INACTIVE_THRESHOLD,
+    )
+    try:
+        info = await sub.consumer_info()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        raise
+    # Nothing sent and nothing to send: the range is empty. Anything sent has a
+    # message with nothing pending after it on its way, which marks completeness.
+    if (info.delivered is None or info.delivered.consumer_seq == 0) and not info.num_pending:
+        queue.put_nowait((which, COMPLETE))
+    return sub

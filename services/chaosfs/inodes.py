@@ -177,16 +177,23 @@ class InodeTable:
         return f"{base}/{child}" if base else child
 
     def close_all(self) -> None:
+        """Close every descriptor but the root's; may be called again (it is then a no-op)."""
         for inode in [*self.by_id.values(), *self._retired]:
             if inode.id != ROOT:
                 os.close(inode.fd)
         self.by_id = {ROOT: self.root}
         self.by_key = {self.root.key: self.root}
+        self._retired = []
 
 
 _BIG = 1 << 20  # bytes a close may free before it is worth handing to the closer thread
 _to_close: queue.SimpleQueue[int] = queue.SimpleQueue()
 _closer: threading.Thread | None = None
+# Descriptors handed to the closer thread and not yet closed: space that a native
+# unlink would already have freed.
+_freeing = threading.Condition()
+_pending_frees = 0
+_frees_done = 0
 
 
 def close_inode_fd(fd: int) -> None:
@@ -194,9 +201,10 @@ def close_inode_fd(fd: int) -> None:
 
     Ours is often the last reference to an unlinked file, and the last close frees
     all its blocks and cached pages before it returns: about a quarter of a second
-    for 1 GiB, during which every other request on the mount would wait.
+    for 1 GiB, during which every other request on the mount would wait. Requests
+    that need that space see it free all the same: see ``frees_pending``.
     """
-    global _closer
+    global _closer, _pending_frees
     try:
         st = os.fstat(fd)
     except OSError:
@@ -207,11 +215,36 @@ def close_inode_fd(fd: int) -> None:
     if _closer is None:
         _closer = threading.Thread(target=_close_forever, name="chaosfs-closer", daemon=True)
         _closer.start()
+    with _freeing:
+        _pending_frees += 1
     _to_close.put(fd)
 
 
+def frees_pending() -> bool:
+    """Whether a deleted file's space is still being freed by the closer thread."""
+    return _pending_frees > 0
+
+
+def frees_done() -> int:
+    """How many frees the closer thread has finished: a change means space came free."""
+    return _frees_done
+
+
+def wait_for_frees(timeout: float) -> bool:
+    """Block until the closer thread has freed all it was given (not on the FUSE thread)."""
+    with _freeing:
+        return _freeing.wait_for(lambda: _pending_frees == 0, timeout)
+
+
 def _close_forever() -> None:
+    global _pending_frees, _frees_done
     while True:
         fd = _to_close.get()
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        try:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        finally:
+            with _freeing:
+                _frees_done += 1
+                _pending_frees -= 1
+                _freeing.notify_all()

@@ -614,14 +614,35 @@ class LazyOperations(ChaosOperations):
         return report, targets
 
     def make_all_durable(self) -> None:
-        """A clean stop: write every file back and empty the trash, as an unmount would."""
+        """A clean stop (the mount is gone): empty the trash, then write every file
+        back, as an unmount would.
+
+        In that order: the deletions parked in the trash are final now, and on a
+        nearly full disk the space they free is what the write-back may need.
+        """
+        self._retire(self.journal.pending())
+        self.journal = MetaJournal()
+        # The trash's files are unlinked, but a descriptor of ours still holds each
+        # one the kernel knew or an app had open; no request comes any more, so all
+        # can be closed (write-back has descriptors of its own).
+        for fh in [*self.files, *self.dirs]:
+            with contextlib.suppress(OSError):
+                os.close(fh)
+        self.files.clear()
+        self.dirs.clear()
+        self.table.close_all()
         for key in list(self.writers):
+            fd = self.writers[key]
+            with contextlib.suppress(OSError):
+                if os.fstat(fd).st_nlink == 0:
+                    # Deleted for good: writing it back would take space for nothing.
+                    self.cache.forget(key)
+                    self._clean(key)
+                    continue
             try:
                 self._write_back(key)
             except OSError as exc:
                 self.log.error("write_back_failed", path=self._path(key), error=str(exc))
-        self._retire(self.journal.pending())
-        self.journal = MetaJournal()
         with contextlib.suppress(OSError):
             os.rmdir(TRASH, dir_fd=self.table.root.fd)  # leave the app's directory as it was
 

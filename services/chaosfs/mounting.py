@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 import time
 
 from . import sysio
@@ -93,12 +94,61 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+PROBE_TIMEOUT = 2.0  # seconds a mount may take to answer before it counts as stuck
+MAX_STACKED = 16  # dead mounts detached at most from one mountpoint
+
+
+def probe(path: str, timeout: float = PROBE_TIMEOUT) -> int | None:
+    """Ask the file system mounted at ``path`` something only its daemon can answer.
+
+    None if it answered; else the errno it failed with (ENOTCONN: its FUSE daemon
+    died), or ETIMEDOUT if no answer came within ``timeout``. statvfs, because the
+    kernel sends every statfs to a FUSE daemon, where it answers a stat of the
+    mount root from attributes cached for up to -cache-timeout, dead daemon or not.
+    In a thread, because a daemon that is alive but stopped would hold the caller
+    for as long as it is stopped.
+    """
+    outcome: list[int | None] = []
+
+    def ask() -> None:
+        try:
+            os.statvfs(path)
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc.errno)
+
+    asker = threading.Thread(target=ask, name="chaosfs-probe", daemon=True)
+    asker.start()
+    asker.join(timeout)
+    return outcome[0] if outcome else errno.ETIMEDOUT
+
+
 def prepare_mountpoint(mountpoint: str, pidfile: str | None, log) -> None:
     """Make ``mountpoint`` ready to mount on, cleaning up after a crashed chaosfs."""
     owner = read_pid(pidfile) if pidfile else None
     alive = owner is not None and owner != os.getpid() and pid_alive(owner)
     if alive and mount_fstype(mountpoint) == FSTYPE:
         raise StartError(f"{mountpoint} is already served by chaosfs pid {owner}")
+    for _ in range(MAX_STACKED):
+        fstype = mount_fstype(mountpoint)
+        if fstype is None:
+            break
+        failure = probe(mountpoint)
+        if failure is None:
+            if fstype == FSTYPE:
+                # It answers, so its daemon is alive, whatever the pidfile says.
+                raise StartError(f"{mountpoint} is already a live chaosfs mount")
+            break  # some other file system: mounting over it is the caller's choice
+        if failure == errno.ETIMEDOUT:
+            raise StartError(
+                f"the mount at {mountpoint} did not answer within {PROBE_TIMEOUT:g}s:"
+                " its daemon is alive but stopped or stuck"
+            )
+        if failure != errno.ENOTCONN:
+            raise StartError(f"cannot use mountpoint {mountpoint}: {os.strerror(failure)}")
+        # The FUSE daemon behind this mount died: detach the dead mount.
+        log.warning("stale_mount_detached", mountpoint=mountpoint, fstype=fstype)
+        sysio.lazy_unmount(mountpoint)
     try:
         os.stat(mountpoint)
     except FileNotFoundError:
@@ -106,13 +156,9 @@ def prepare_mountpoint(mountpoint: str, pidfile: str | None, log) -> None:
     except OSError as exc:
         if exc.errno != errno.ENOTCONN:
             raise StartError(f"cannot use mountpoint {mountpoint}: {exc.strerror}") from None
-        # The FUSE daemon behind this mount died: detach the dead mount.
+        # A dead mount that mountinfo names by another path (a symlink on the way).
         log.warning("stale_mount_detached", mountpoint=mountpoint)
         sysio.lazy_unmount(mountpoint)
-    else:
-        if mount_fstype(mountpoint) == FSTYPE:
-            # It answers, so its daemon is alive, whatever the pidfile says.
-            raise StartError(f"{mountpoint} is already a live chaosfs mount")
     if not os.path.isdir(mountpoint):
         raise StartError(f"mountpoint {mountpoint} is not a directory")
     if pidfile and owner is not None and not pid_alive(owner):

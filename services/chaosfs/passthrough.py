@@ -14,19 +14,27 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import pyfuse3
 import trio
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, RequestContext, SetattrFields
 
-from . import sysio
+from . import inodes, sysio
 from .faults import Decision, FaultEngine
 from .inodes import Inode, InodeTable
 
 AT_FDCWD = -100
 # Flags the kernel already acted on, or that make no sense on the backing open.
 _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_DIRECT
+# Seconds a request short of space waits for the space of files deleted through the
+# mount: for the kernel to forget them, then for the closer thread to free them.
+FORGET_WAIT = 1.0
+FREE_WAIT = 10.0
+UNLINKED_KEPT = 64  # unlinked files remembered at most while the kernel still knows them
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_T = TypeVar("_T")
 
 
 def _privileges(mode: int) -> int:
@@ -121,6 +129,9 @@ class ChaosOperations(pyfuse3.Operations):
         self.files: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self.kill_privs: set[int] = set()  # file handles, see _note_privileges
+        # Files whose last name an unlink through the mount removed, while the kernel
+        # may still hold their node (see _space_coming).
+        self.unlinked: list[Inode] = []
 
     # --- helpers --------------------------------------------------------------
 
@@ -197,6 +208,50 @@ class ChaosOperations(pyfuse3.Operations):
         except KeyError:
             raise FUSEError(errno.ESTALE) from None
 
+    # --- space a native file system would have freed already ---------------------------
+    #
+    # A native unlink of a file nobody holds open frees its space before it returns.
+    # Through the mount, our descriptor of the file keeps it until the kernel sends
+    # FORGET for its node, which can reach us after the requests that follow the
+    # unlink, and then a big file is freed by the closer thread (see
+    # inodes.close_inode_fd). So a request that runs out of space while such space
+    # is on its way waits for it and tries again; no other request waits.
+
+    def _space_coming(self, freed: int | None = None) -> bool:
+        """Whether space that a native file system would have freed is on its way, or
+        came (the closer thread finished a free since ``freed``, inodes.frees_done())."""
+        if inodes.frees_pending() or (freed is not None and freed != inodes.frees_done()):
+            return True
+        if not self.unlinked:
+            return False
+        held_open = {handle.inode for handle in self.files.values()}
+        by_id = self.table.by_id
+        # Still known to the kernel, and not open (then a native file system would
+        # keep its space too).
+        self.unlinked = [
+            node for node in self.unlinked if by_id.get(node.id) is node and node not in held_open
+        ]
+        return bool(self.unlinked)
+
+    async def _wait_for_space(self) -> None:
+        deadline = trio.current_time() + FORGET_WAIT
+        while self.unlinked and self._space_coming() and trio.current_time() < deadline:
+            await trio.sleep(0.001)  # other requests, FORGET among them, go on meanwhile
+        self.unlinked.clear()  # still not forgotten: something else holds them
+        if inodes.frees_pending():
+            await trio.to_thread.run_sync(inodes.wait_for_frees, FREE_WAIT)
+
+    async def _with_space(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``call(*args, **kwargs)``, once more when space is on its way if it ran out."""
+        freed = inodes.frees_done()
+        try:
+            return call(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno not in _OUT_OF_SPACE or not self._space_coming(freed):
+                raise
+        await self._wait_for_space()
+        return call(*args, **kwargs)
+
     # --- the backing store: what lazy mode (see ``lazyfs``) does differently ----------
 
     def _pread(self, handle: FileHandle, fh: int, size: int, off: int) -> bytes:
@@ -224,7 +279,18 @@ class ChaosOperations(pyfuse3.Operations):
         return [os.fsencode(n) for n in os.listdir(handle.fd)]
 
     def _unlink(self, parent: Inode, name: bytes) -> None:
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         os.unlink(name, dir_fd=parent.fd)
+        if st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
+            node = self.table.by_key.get((st.st_dev, st.st_ino))
+            if node is not None:
+                self.unlinked.append(node)
+                if len(self.unlinked) > UNLINKED_KEPT:
+                    # The kernel forgets most within milliseconds; the rest are held
+                    # open, and the newest matter most.
+                    by_id = self.table.by_id
+                    alive = [n for n in self.unlinked if by_id.get(n.id) is n]
+                    self.unlinked = alive[-UNLINKED_KEPT:]
 
     def _rmdir(self, parent: Inode, name: bytes) -> None:
         os.rmdir(name, dir_fd=parent.fd)
@@ -360,7 +426,7 @@ class ChaosOperations(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         await self._check_path("mknod", parent, name, ctx)
         try:
-            os.mknod(name, mode, rdev, dir_fd=parent.fd)
+            await self._with_space(os.mknod, name, mode, rdev, dir_fd=parent.fd)
             return self._new_entry(parent, name, ctx, mode)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
@@ -371,7 +437,7 @@ class ChaosOperations(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         await self._check_path("mkdir", parent, name, ctx)
         try:
-            os.mkdir(name, mode, dir_fd=parent.fd)
+            await self._with_space(os.mkdir, name, mode, dir_fd=parent.fd)
             return self._new_entry(parent, name, ctx)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
@@ -382,7 +448,7 @@ class ChaosOperations(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         await self._check_path("symlink", parent, name, ctx)
         try:
-            os.symlink(target, name, dir_fd=parent.fd)
+            await self._with_space(os.symlink, target, name, dir_fd=parent.fd)
             return self._new_entry(parent, name, ctx)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
@@ -440,7 +506,9 @@ class ChaosOperations(pyfuse3.Operations):
         parent = self._inode(new_parent_inode)
         await self._check_path("link", parent, new_name, ctx)
         try:
-            os.link(node.proc, new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
+            await self._with_space(
+                os.link, node.proc, new_name, dst_dir_fd=parent.fd, follow_symlinks=True
+            )
             st = os.stat(node.fd)
             self._made(parent, new_name, node)
         except OSError as exc:
@@ -498,8 +566,12 @@ class ChaosOperations(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         await self._check_path("create", parent, name, ctx)
         try:
-            fd = os.open(
-                name, (flags & ~_OPEN_STRIP) | os.O_CREAT | os.O_EXCL, mode, dir_fd=parent.fd
+            fd = await self._with_space(
+                os.open,
+                name,
+                (flags & ~_OPEN_STRIP) | os.O_CREAT | os.O_EXCL,
+                mode,
+                dir_fd=parent.fd,
             )
         except OSError as exc:
             raise FUSEError(exc.errno) from None
@@ -542,11 +614,31 @@ class ChaosOperations(pyfuse3.Operations):
             await _inflict(decision)
             return await self._faulted_write(handle, fh, off, buf, decision)
         try:
-            written = self._pwrite(handle, fh, buf, off)
+            written = await self._write_data(handle, fh, buf, off)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
         self._after_write(fh)
         return written
+
+    async def _write_data(self, handle: FileHandle, fh: int, buf: bytes, off: int) -> int:
+        """_pwrite; out of space while space is on its way, wait for it and write the rest."""
+        freed = inodes.frees_done()
+        try:
+            written = self._pwrite(handle, fh, buf, off)
+        except OSError as exc:
+            if exc.errno not in _OUT_OF_SPACE or not self._space_coming(freed):
+                raise
+            written = 0
+        else:
+            if written == len(buf) or not self._space_coming(freed):
+                return written
+        await self._wait_for_space()
+        try:
+            return written + self._pwrite(handle, fh, buf[written:], off + written)
+        except OSError:
+            if written:
+                return written  # a short write, as the file system gave it
+            raise
 
     async def _faulted_write(
         self, handle: FileHandle, fh: int, off: int, buf: bytes, decision: Decision
@@ -568,7 +660,7 @@ class ChaosOperations(pyfuse3.Operations):
                 buf = buf[: decision.shorten(len(buf))]
             if decision.mistake is not None:
                 buf = decision.corrupt(buf)
-            written = self._pwrite(handle, fh, buf, off)
+            written = await self._write_data(handle, fh, buf, off)
             if decision.quota is not None:
                 decision.charge(max(0, off + written - size_before), refused=refused)
         except OSError as exc:
@@ -679,6 +771,8 @@ class ChaosOperations(pyfuse3.Operations):
 
     async def statfs(self, ctx: RequestContext) -> pyfuse3.StatvfsData:
         await self._check("statfs", self.table.root, ctx)
+        if self._space_coming():
+            await self._wait_for_space()  # natively, a deleted file's space is free at once
         try:
             sv = os.statvfs(self.table.root.fd)
         except OSError as exc:
