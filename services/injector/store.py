@@ -1,9 +1,11 @@
 """Mirror the RENDERINGS and NAMESPACES KV buckets into :class:`State`.
 
 Both buckets are watched from the injector's own asyncio loop. A watch first
-delivers the current value of every key, then one ``None`` marking the end of
-that snapshot, then updates. The snapshot is collected aside and swapped in
-whole at the marker; updates then apply one by one.
+delivers the current value of every key, then updates. The snapshot is collected
+aside and swapped in whole once a value arrives with nothing pending after it;
+updates then apply one by one. nats-py also sends a ``None`` marker for the end of
+the snapshot, but it can come before the last value, so it only completes the
+snapshot of an empty bucket.
 
 Creating the buckets is the template-watcher's job: while one is missing the
 injector retries with backoff and stays not ready. Core NATS is at-most-once,
@@ -226,7 +228,7 @@ class StoreSync:
             for bucket, kv in buckets.items():
                 watcher = await kv.watchall()
                 watchers.append(watcher)
-                tasks.append(asyncio.create_task(self._follow(bucket, watcher)))
+                tasks.append(asyncio.create_task(self._follow(bucket, watcher, kv)))
             resync = asyncio.create_task(self._resync.wait())
             done, _ = await asyncio.wait([*tasks, resync], return_when=asyncio.FIRST_COMPLETED)
             resync.cancel()
@@ -257,26 +259,36 @@ class StoreSync:
                 self.log.info("kv_bucket_found", bucket=bucket)
             return kv
 
-    async def _follow(self, bucket: str, watcher: KeyValue.KeyWatcher) -> None:
+    async def _follow(
+        self, bucket: str, watcher: KeyValue.KeyWatcher, kv: KeyValue | None = None
+    ) -> None:
         decode = DECODERS[bucket]
         snapshot: dict[Any, Any] = {}
         initial = True
+
+        def complete() -> None:
+            # Swap the whole bucket in one assignment: handlers on this
+            # loop see the old or the new snapshot, never a mix.
+            nonlocal initial
+            if bucket == RENDERINGS_BUCKET:
+                self.state.renderings = snapshot
+            else:
+                self.state.load_namespaces(snapshot)
+            was_ready = self.state.ready
+            self.state.loaded.add(bucket)
+            initial = False
+            self._count()
+            self.log.info("kv_snapshot", bucket=bucket, keys=len(snapshot))
+            if self.state.ready and not was_ready:
+                self.log.info("ready", **self.state.summary())
+
         async for entry in watcher:
             if entry is None:
-                if initial:
-                    # Swap the whole bucket in one assignment: handlers on this
-                    # loop see the old or the new snapshot, never a mix.
-                    if bucket == RENDERINGS_BUCKET:
-                        self.state.renderings = snapshot
-                    else:
-                        self.state.load_namespaces(snapshot)
-                    was_ready = self.state.ready
-                    self.state.loaded.add(bucket)
-                    initial = False
-                    self._count()
-                    self.log.info("kv_snapshot", bucket=bucket, keys=len(snapshot))
-                    if self.state.ready and not was_ready:
-                        self.log.info("ready", **self.state.summary())
+                # nats-py's end-of-snapshot marker can come before the last value
+                # (libs/chaosbus/kv.py): it completes the snapshot only for an empty
+                # bucket; otherwise the value with nothing pending after it does.
+                if initial and not snapshot and (kv is None or await _is_empty(kv)):
+                    complete()
                 continue
             target = snapshot if initial else self._target(bucket)
             deleted = entry.operation in (KV_DEL, KV_PURGE)
@@ -288,12 +300,17 @@ class StoreSync:
                 self.log.warning("kv_bad_value", bucket=bucket, key=entry.key, error=str(exc))
                 with contextlib.suppress(Exception):
                     target.pop(decode(entry.key, b"")[0], None)
-                continue
-            if value is None:
-                target.pop(ident, None)
+                ident, value = None, None
             else:
-                target[ident] = value
-            if not initial:
+                if value is None:
+                    target.pop(ident, None)
+                else:
+                    target[ident] = value
+            if initial:
+                if entry.delta == 0:
+                    complete()
+                continue
+            if ident is not None:
                 self._count()
                 self.log.info(
                     "kv_update",
@@ -308,3 +325,9 @@ class StoreSync:
         self.metrics.renderings.set(len(self.state.renderings))
         self.metrics.namespaces.set(len(self.state.namespaces))
         self.metrics.ready.set(1 if self.state.ready else 0)
+
+
+async def _is_empty(kv: KeyValue) -> bool:
+    """No value in the bucket's stream at all (then the marker is the end of nothing)."""
+    info = await kv._js.stream_info(kv._stream)  # nats-py 2.16 keeps them there
+    return not info.state.messages
