@@ -42,8 +42,9 @@ def renderings(url: str) -> dict[str, Rendering]:
 
 
 class Watcher:
-    def __init__(self, folder: Path, url: str, log: Path) -> None:
+    def __init__(self, folder: Path, url: str, log: Path, *extra: str) -> None:
         self.folder, self.url, self.log = folder, url, log
+        self.extra = list(extra)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -56,6 +57,7 @@ class Watcher:
                 "chaos-testing",
                 "--nats",
                 self.url,
+                *self.extra,
             ],
             stderr=open(self.log, "ab"),  # noqa: SIM115
         )
@@ -254,3 +256,45 @@ def test_kubernetes_source_end_to_end(tmp_path, nats_server):
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def test_configs_in_namespaces_the_webhook_never_calls_for_are_warned_about(tmp_path, nats_server):
+    folder = tmp_path / "configmaps"
+    folder.mkdir()
+    for name in ("chaosfs-sidecar.yaml", "tikv-configmap.yaml", "pd-configmap.yaml"):
+        shutil.copy(SEED / name, folder / name)
+    # As the prod webhook: only namespaces that opt in, never its own.
+    selector = "admission-webhook=enabled,kubernetes.io/metadata.name notin (chaos-testing)"
+    w = Watcher(folder, nats_server.url, tmp_path / "w.log", "--webhook-namespaces", selector)
+    w.start()
+    try:
+        wait_for(lambda: len(renderings(w.url)) == 2, what="both renderings")
+
+        def unreachable() -> list[dict]:
+            return [e for e in _audit_events(w.url) if e["kind"] == "rendering.unreachable"]
+
+        events = wait_for(lambda: unreachable() if len(unreachable()) == 2 else None)
+        assert {e["config"] for e in events} == {"chaosfs-tikv", "chaosfs-pd"}
+        assert all("namespace selector" in e["reason"] for e in events)
+        assert "config_unreachable" in w.log.read_text()
+    finally:
+        w.stop()
+
+
+def _audit_events(url: str) -> list[dict]:
+    async def read() -> list[dict]:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            sub = await js.subscribe("chaosbus.audit.>", ordered_consumer=True)
+            out = []
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=0.5)
+                except nats.errors.TimeoutError:
+                    return out
+                out.append(codec.decode(msg.data, limit=1 << 20))
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())

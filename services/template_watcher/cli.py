@@ -14,6 +14,9 @@ from typing import Any, cast
 from chaosbus.audit import AuditLog, ensure_stream
 from chaosbus.bus import add_bus_arguments, auth_from_args, connect, default_url
 from chaosbus.durations import parse_duration
+from chaosbus.experiments.errors import SpecError
+from chaosbus.experiments.selectors import LabelSelector
+from chaosbus.experiments.selectors import parse as parse_selector
 from chaosbus.labels import Selector
 from chaosbus.logs import configure
 from chaosbus.metrics import start_metrics
@@ -34,6 +37,13 @@ def _selector(text: str) -> str:
     return text
 
 
+def _webhook_namespaces(text: str) -> LabelSelector:
+    try:
+        return parse_selector(text)
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chaos-template-watcher", description=__doc__)
     p.add_argument(
@@ -46,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--template-labels", type=_selector, default="app.kubernetes.io/component=template"
     )
     p.add_argument("--config-labels", type=_selector, default="app.kubernetes.io/component=webhook")
+    p.add_argument(
+        "--webhook-namespaces",
+        type=_webhook_namespaces,
+        help="the webhook's namespaceSelector as a label selector (kubernetes.io/metadata.name "
+        "holds a namespace's name): configs published elsewhere are warned about and audited",
+    )
     p.add_argument(
         "--annotation-namespace",
         default=DEFAULT_PREFIX,
@@ -141,6 +157,7 @@ async def run(args: argparse.Namespace) -> int:
         log=log,
         published=published,
         published_namespaces=published_namespaces,
+        webhook_namespaces=args.webhook_namespaces,
     )
     streams = await _streams(args, namespace, log)
     log.info(

@@ -20,16 +20,22 @@ from typing import Any, Protocol
 from prometheus_client import Counter, Gauge
 
 from chaosbus import gotemplate
+from chaosbus.experiments.selectors import LabelSelector
 from chaosbus.injection import Rendering, rendering_key
 
 from .configs import ConfigError, InjectionConfig, parse_configs, template_text, validate_spec
 
 STREAMS = ("templates", "configs", "namespaces")
+NAME_LABEL = "kubernetes.io/metadata.name"
 POD_SECURITY_PREFIX = "pod-security.kubernetes.io/"
 # A NAMESPACES value: {"annotations": our request annotations, "labels": Pod Security's}.
 NamespaceValue = dict[str, dict[str, str]]
 
 RENDERINGS = Gauge("chaos_template_renderings", "Renderings in force")
+UNREACHABLE = Counter(
+    "chaos_template_renderings_unreachable_total",
+    "Renderings published in a namespace the webhook's namespace selector leaves out",
+)
 PUBLISHED = Counter("chaos_template_renderings_published_total", "Renderings written to KV")
 REMOVED = Counter("chaos_template_renderings_removed_total", "Renderings removed from KV")
 RENDER_ERRORS = Counter("chaos_template_render_errors_total", "Configs that failed to render")
@@ -64,9 +70,13 @@ class TemplateWatcher:
         log: Any,
         published: dict[str, Rendering] | None = None,
         published_namespaces: dict[str, NamespaceValue] | None = None,
+        webhook_namespaces: LabelSelector | None = None,
     ) -> None:
         self.store = store
         self.prefix = annotation_prefix
+        # The webhook's namespaceSelector, as a label selector: a config published in a
+        # namespace it leaves out can never inject anything, which its author must hear.
+        self.webhook_namespaces = webhook_namespaces
         self.log = log
         self.templates: dict[str, dict[str, Any]] = {}
         self.configmaps: dict[tuple[str, str], dict[str, Any]] = {}
@@ -234,6 +244,7 @@ class TemplateWatcher:
                 template=rendering.template,
                 revision=rendering.revision,
             )
+            await self._warn_if_unreachable(rendering)
         if failed is not None:
             raise failed
         for key in sorted(set(self.published) - set(desired) - keep):
@@ -248,6 +259,30 @@ class TemplateWatcher:
                 config=gone.name,
                 template=gone.template,
             )
+
+    async def _warn_if_unreachable(self, rendering: Rendering) -> None:
+        """A config in a namespace the webhook is never called for can never apply."""
+        if self.webhook_namespaces is None:
+            return
+        meta = (self.namespaces.get(rendering.namespace) or {}).get("metadata") or {}
+        # Kubernetes labels every namespace with its name; a folder source may not.
+        labels = {**(meta.get("labels") or {}), NAME_LABEL: rendering.namespace}
+        if self.webhook_namespaces.matches(labels):
+            return
+        UNREACHABLE.inc()
+        self.log.warning(
+            "config_unreachable",
+            namespace=rendering.namespace,
+            config=rendering.name,
+            webhook_namespaces=str(self.webhook_namespaces),
+        )
+        await self.store.report(
+            "rendering.unreachable",
+            namespace=rendering.namespace,
+            config=rendering.name,
+            reason="the webhook is not called for pods of this namespace "
+            f"(its namespace selector: {self.webhook_namespaces})",
+        )
 
     async def _report_errors(self, errors: dict[str, str]) -> None:
         for source, message in sorted(errors.items()):
