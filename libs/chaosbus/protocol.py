@@ -12,6 +12,7 @@ import signal as _signal
 from dataclasses import dataclass
 from typing import Any
 
+from . import codec
 from .globs import GlobError, PathPattern, compile_glob
 from .rules import MAX_RULES, METHOD_SET, FaultRule, RuleError, is_rule_id, show
 
@@ -336,3 +337,35 @@ def _holds(digests: bytes, digest: bytes) -> bool:
         else:
             hi = mid
     return False
+
+
+def fit(reply: dict[str, Any], limit: int) -> bytes:
+    """The reply encoded within ``limit`` bytes (the bus's payload limit), never silence.
+
+    A status with a thousand long rules can outgrow what NATS carries; it is then cut to
+    the rules that fit, with ``rules_omitted`` saying how many were left out. A reply
+    that still cannot fit becomes an error saying so.
+    """
+    data = codec.encode(reply)
+    if len(data) <= limit:
+        return data
+    rules = reply.get("rules")
+    if isinstance(rules, list) and rules:
+        lo, hi = 0, len(rules)  # the most rules that fit, by bisection: O(log n) encodes
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            trial = {**reply, "rules": rules[:mid], "rules_omitted": len(rules) - mid}
+            if len(codec.encode(trial)) <= limit:
+                lo = mid
+            else:
+                hi = mid - 1
+        data = codec.encode({**reply, "rules": rules[:lo], "rules_omitted": len(rules) - lo})
+        if len(data) <= limit:
+            return data
+    size = len(codec.encode(reply))
+    return codec.encode(
+        error(
+            str(reply.get("pod")),
+            f"the reply ({size} bytes) exceeds the bus's payload limit of {limit} bytes",
+        )
+    )

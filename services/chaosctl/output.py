@@ -76,9 +76,17 @@ def recovered(reply: dict[str, Any]) -> str:
 
 
 def rule_list(reply: dict[str, Any]) -> str:
-    if not reply["rules"]:
+    if not reply["rules"] and not reply.get("rules_omitted"):
         return f"no rules in force on {reply['pod']}"
-    return "\n".join(rule_line(r) for r in reply["rules"])
+    return "\n".join([*(rule_line(r) for r in reply["rules"]), *_omitted(reply)])
+
+
+def _omitted(reply: dict[str, Any]) -> list[str]:
+    """The sidecar cut its answer to fit the bus's payload limit: say so, with how many."""
+    n = reply.get("rules_omitted")
+    if not isinstance(n, int) or n <= 0:
+        return []
+    return [f"(+{n} more rules not shown: the answer was cut to fit the bus's payload limit)"]
 
 
 def status(reply: dict[str, Any]) -> str:
@@ -88,9 +96,10 @@ def status(reply: dict[str, Any]) -> str:
         f"version:    {reply['version']}",
         f"mountpoint: {reply['mountpoint']} (original {reply['original']})",
         f"uptime:     {format_duration(round(reply['uptime']))} (since {when})",
-        f"rules:      {len(reply['rules'])}",
+        f"rules:      {len(reply['rules']) + (reply.get('rules_omitted') or 0)}",
     ]
     lines += ["  " + rule_line(r) for r in reply["rules"]]
+    lines += ["  " + line for line in _omitted(reply)]
     lines += _lazy_status(reply.get("lazy") or {})
     drift = reply.get("drift") or {}
     if any(drift.values()):

@@ -598,7 +598,9 @@ class BusControl:
             reply = protocol.error(pod, f"internal error: {exc}")
         if msg.reply:
             try:
-                await msg.respond(codec.encode(reply))
+                # Headroom for the reply's subject and headers within the payload limit.
+                limit = max(4096, (self._nc.max_payload if self._nc else 1 << 20) - 1024)
+                await msg.respond(protocol.fit(reply, limit))
             except Exception as exc:
                 log.warning("reply_failed", error=str(exc))
 
