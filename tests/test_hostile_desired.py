@@ -43,3 +43,23 @@ def test_a_wrong_typed_entry_is_skipped_and_a_canary_still_converges(sidecar, sc
     assert time.monotonic() - started < 1.0
     assert "poison" not in rule_ids(sidecar)
     assert sidecar.proc is not None and sidecar.proc.poll() is None
+
+
+def test_buckets_refuse_values_larger_than_their_readers_accept(sidecar):
+    """Any sidecar may write the registry: one value can no longer be megabytes."""
+    from chaosbus import registry
+
+    async def oversized() -> str:
+        nc = await nats.connect(sidecar.nats_url)
+        try:
+            kv = await open_bucket(nc, registry.BUCKET)
+            try:
+                await kv.put("evil.flood", b"x" * (1024 * 1024))
+            except Exception as exc:
+                return type(exc).__name__ + str(exc)
+            return "stored"
+        finally:
+            await nc.close()
+
+    outcome = asyncio.run(oversized())
+    assert outcome != "stored" and "maximum" in outcome.lower(), outcome

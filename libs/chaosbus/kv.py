@@ -34,6 +34,21 @@ API_TIMEOUT = 5.0  # nats-py's default for a JetStream API request
 _WHOLE = re.compile(r"[0-9]+")
 
 
+# Size limits of each bucket (largest value, whole bucket): a client writing where it
+# may (any sidecar writes the registry) can fill a bucket, but not the server's disk,
+# and no one value can outgrow what its readers accept. Values: the sidecars read
+# desired-state entries of up to 64 KiB; a registry entry holds its rules' counters.
+BUCKET_LIMITS: dict[str, tuple[int, int]] = {
+    "DESIRED": (64 * 1024, 256 * 1024 * 1024),
+    "SIDECARS": (256 * 1024, 256 * 1024 * 1024),
+    "RENDERINGS": (1024 * 1024, 256 * 1024 * 1024),
+    "NAMESPACES": (64 * 1024, 64 * 1024 * 1024),
+    "EXPERIMENTS": (1024 * 1024, 256 * 1024 * 1024),
+    "EXPERIMENT_STATUS": (1024 * 1024, 256 * 1024 * 1024),
+    "CONTROLLER_LEASE": (4 * 1024, 1024 * 1024),
+}
+
+
 class Refused(PermissionError):
     """The server refused a JetStream request under this connection's permissions."""
 
@@ -107,18 +122,36 @@ async def converge_replicas(nc: Client, stream: str, replicas: int) -> bool:
     Returns whether the stream now has that many; False when the server refused
     the change to this user (the role allowed to make it will).
     """
+    return await converge_stream(nc, stream, {"num_replicas": replicas})
+
+
+async def converge_stream(nc: Client, stream: str, wanted: Mapping[str, Any]) -> bool:
+    """Change the settings in ``wanted`` (stream config names) where they differ, and
+    nothing else; False when this user may not (the role allowed to will)."""
     try:
         config = (await api_request(nc, f"STREAM.INFO.{stream}"))["config"]
     except Refused:
         return False
-    before = config.get("num_replicas") or 1
-    if before == replicas:
+    before = {k: config.get(k) for k in wanted}
+    if all(
+        before[k] == v or (k == "num_replicas" and (before[k] or 1) == v) for k, v in wanted.items()
+    ):
         return True
     try:
-        await api_request(nc, f"STREAM.UPDATE.{stream}", {**config, "num_replicas": replicas})
+        await api_request(nc, f"STREAM.UPDATE.{stream}", {**config, **wanted})
     except Refused:
         return False
-    note("stream_replicas_changed", stream=stream, replicas_before=before, replicas=replicas)
+    except APIError as exc:  # e.g. a cluster that cannot hold that many replicas now
+        note("stream_change_refused", stream=stream, wanted=dict(wanted), error=str(exc))
+        return False
+    if "num_replicas" in wanted:
+        note(
+            "stream_replicas_changed",
+            stream=stream,
+            replicas_before=before["num_replicas"] or 1,
+            replicas=wanted["num_replicas"],
+        )
+    note("stream_changed", stream=stream, before=before, after=dict(wanted))
     return True
 
 
@@ -141,6 +174,10 @@ async def open_bucket(
     this user may change it. ``replicas=`` in ``config`` overrides the variable.
     """
     replicas = config.pop("replicas", None) or configured_replicas()
+    limits = BUCKET_LIMITS.get(name)
+    if limits is not None:
+        config.setdefault("max_value_size", limits[0])
+        config.setdefault("max_bytes", limits[1])
     js = nc.jetstream()
     try:
         kv = await js.key_value(name)
@@ -156,8 +193,13 @@ async def open_bucket(
                 **config,
             )
         )
+    wanted: dict[str, Any] = {}
     if replicas is not None:
-        await converge_replicas(nc, f"KV_{name}", replicas)
+        wanted["num_replicas"] = replicas
+    if limits is not None and create:  # the roles that may create a bucket keep its limits
+        wanted.update(max_msg_size=config["max_value_size"], max_bytes=config["max_bytes"])
+    if wanted:
+        await converge_stream(nc, f"KV_{name}", wanted)
     return kv
 
 
