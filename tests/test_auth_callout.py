@@ -342,7 +342,7 @@ def test_pod_writes_its_registry_key_events_and_audit_only(stack: Stack) -> None
 
             own = "chaosbus.audit.chaosfs.a.db-0.sidecar=2Eready"
             ack = await js.publish(own, codec.encode({"kind": "sidecar.ready"}))
-            assert ack.stream == "AUDIT"
+            assert ack.stream == "AUDIT_SIDECARS"
             for other in (
                 "chaosbus.audit.chaosfs.a.db-1.sidecar=2Eready",  # another pod's
                 "chaosbus.audit.chaosfs.sidecar=2Eready",  # the shared shape of nats.conf
@@ -664,7 +664,7 @@ def test_real_chaosfs_follows_its_desired_state_and_audits_as_its_pod(
             try:
                 js = nc.jetstream()
                 sub = await js.subscribe(
-                    "chaosbus.audit.chaosfs.>", stream="AUDIT", ordered_consumer=True
+                    "chaosbus.audit.chaosfs.>", stream="AUDIT_SIDECARS", ordered_consumer=True
                 )
                 subjects = []
                 with contextlib.suppress(nats.errors.TimeoutError):

@@ -52,6 +52,7 @@ from nats.js.errors import BucketNotFoundError, ServiceUnavailableError
 from tls_helpers import CA
 
 from chaosbus import codec, desired, registry
+from chaosbus.audit import SIDECAR_STREAM as AUDIT_SIDECARS
 from chaosbus.audit import STREAM as AUDIT
 from chaosbus.audit import AuditLog, audit_subject, ensure_stream
 from chaosbus.bus import BusAuth
@@ -392,7 +393,7 @@ def test_replicas_follow_the_variable_and_only_the_creating_role_changes_them(
     # An installation from before: everything on one server.
     asyncio.run(as_watcher(None))
     before = replicas(cluster)
-    assert before == {AUDIT: 1, **{f"KV_{b}": 1 for b in WATCHER_BUCKETS}}
+    assert before == {AUDIT: 1, AUDIT_SIDECARS: 1, **{f"KV_{b}": 1 for b in WATCHER_BUCKETS}}
     kept_settings = {name: settings(cluster, name) for name in before}
 
     # chaos-controller starts with three: it makes its own buckets with three, and its
@@ -417,7 +418,11 @@ def test_replicas_follow_the_variable_and_only_the_creating_role_changes_them(
 
     elapsed, refused = asyncio.run(as_controller())
     assert elapsed < 2.0, f"the controller's start took {elapsed:.1f}s"
-    assert refused == {"$js.api.stream.update.audit", "$js.api.stream.update.kv_desired"}
+    assert refused == {
+        "$js.api.stream.update.audit",
+        "$js.api.stream.update.audit_sidecars",
+        "$js.api.stream.update.kv_desired",
+    }
     now = replicas(cluster)
     assert {k: now[k] for k in (f"KV_{SPECS}", f"KV_{STATUS}", f"KV_{LEASE}")} == dict.fromkeys(
         (f"KV_{SPECS}", f"KV_{STATUS}", f"KV_{LEASE}"), 3
@@ -747,7 +752,11 @@ def test_killing_the_leaders_under_load_loses_nothing(cluster: Cluster, tmp_path
             0.2,
             "a rendering",
         )
-        assert replicas(cluster) == {AUDIT: 3, **{f"KV_{b}": 3 for b in WATCHER_BUCKETS}}
+        assert replicas(cluster) == {
+            AUDIT: 3,
+            AUDIT_SIDECARS: 3,
+            **{f"KV_{b}": 3 for b in WATCHER_BUCKETS},
+        }
 
         # The fleet: one real mount and mount-less agents, all given the three servers.
         for rule in ("r1", "r2", "r3"):

@@ -4,6 +4,10 @@ Credentials and TLS come from flags, the environment or files, in that order:
 user and password (``NATS_USER``, ``NATS_PASSWORD`` or ``NATS_PASSWORD_FILE``),
 a token (``NATS_TOKEN``), a creds file (``NATS_CREDS``), an nkey seed file
 (``NATS_NKEY``), and TLS (``NATS_CA``, ``NATS_CERT``, ``NATS_KEY``).
+
+Each role's replies arrive under its own inbox prefix, ``_INBOX_<user>`` (see
+``role_inbox_prefix``), which deploy/nats/nats.conf lets only that user subscribe to:
+no role can read the replies and consumer deliveries meant for another.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
@@ -21,6 +26,24 @@ import nats
 from nats.aio.client import Client
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+# nats-py's own prefix, kept when there is no user name (local runs without auth,
+# tokens, creds files): the server's permissions, if any, then decide.
+DEFAULT_INBOX_PREFIX = "_INBOX"
+_NOT_IN_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def role_inbox_prefix(user: str | None) -> str:
+    """The inbox prefix of a NATS user: ``_INBOX_<user>``, one subject token.
+
+    nats-py derives every inbox from it: request replies (``request``, and so
+    every JetStream API call and KV get), JetStream publish acks, the deliver
+    subjects of push and ordered consumers (KV watches, ``chaosctl audit``) and
+    pull consumers' inboxes. Characters a subject token cannot hold (``.``,
+    ``*``, ``>``, spaces) become ``_``.
+    """
+    if not user:
+        return DEFAULT_INBOX_PREFIX
+    return f"{DEFAULT_INBOX_PREFIX}_{_NOT_IN_TOKEN.sub('_', user)}"
 
 
 class _QuietTLSClose(logging.Filter):
@@ -66,6 +89,8 @@ class BusAuth:
         if self.user:
             out["user"] = self.user
             out["password"] = password or ""
+            # Only this user may subscribe to its prefix (nats.conf).
+            out["inbox_prefix"] = role_inbox_prefix(self.user)
         if self.token:
             out["token"] = self.token
         if self.creds:
@@ -130,9 +155,14 @@ async def connect(
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
     on_disconnect: Callable[[], Awaitable[None]] | None = None,
     on_error: Callable[[Exception], Awaitable[None]] | None = None,
+    inbox_prefix: str | None = None,
     **extra: Any,
 ) -> Client:
-    """Open a connection; services reconnect forever, chaosctl fails fast."""
+    """Open a connection; services reconnect forever, chaosctl fails fast.
+
+    Replies come under ``inbox_prefix`` when given, else under the user's own
+    (``_INBOX_<user>``), else under nats-py's ``_INBOX``.
+    """
 
     async def _quiet_error(exc: Exception) -> None:
         if on_error is not None:
@@ -149,6 +179,8 @@ async def connect(
         **(auth or BusAuth.resolve({}, os.environ)).options(),
         **extra,
     }
+    if inbox_prefix is not None:
+        options["inbox_prefix"] = inbox_prefix
     if on_reconnect is not None:
         options["reconnected_cb"] = on_reconnect
     if on_disconnect is not None:

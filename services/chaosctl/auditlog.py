@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import copy
 import datetime
 from collections.abc import AsyncIterator
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from chaosbus import codec
-from chaosbus.audit import STREAM, SUBJECT_ROOT
+from chaosbus.audit import SIDECAR_SERVICE, STREAM, STREAMS, SUBJECT_ROOT, stream_of
 from chaosbus.subjects import decode_token, encode_token
 
 from .client import Session
@@ -25,6 +29,41 @@ def stamp(subject: str) -> dict[str, str]:
     return {"subject": subject, "origin": origin}
 
 
+class _Cursor:
+    """One audit stream's ordered consumer, read one message ahead."""
+
+    def __init__(self, order: int, sub: Any, caught_up: bool) -> None:
+        self.order, self.sub = order, sub
+        self.head: Any = None
+        self.caught_up = caught_up
+
+    async def advance(self) -> None:
+        """The next stored message as ``head``, or ``caught_up`` when there is none."""
+        self.head = None
+        if self.caught_up:
+            return
+        try:
+            self.head = await self.sub.next_msg(timeout=1.0)
+        except nats.errors.TimeoutError:
+            self.caught_up = True  # nothing (more) to replay
+
+    def key(self) -> tuple[datetime.datetime, int]:
+        # The server's time of storing, which no publisher chooses.
+        return (self.head.metadata.timestamp, self.order)
+
+
+def _event(msg: Any) -> dict[str, Any]:
+    try:
+        event = codec.decode(msg.data, limit=1 << 24)
+    except codec.DecodeError as exc:
+        # Shown, not hidden: an unreadable event is itself worth seeing.
+        event = {"kind": "(malformed)", "malformed": str(exc)[:200]}
+    event.update(stamp(msg.subject))
+    event["seq"] = msg.metadata.sequence.stream
+    event["stream"] = msg.metadata.stream
+    return event
+
+
 async def events(
     s: Session,
     *,
@@ -35,10 +74,18 @@ async def events(
     follow: bool,
     service: str | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
-    """Events from the stream, oldest first; without ``follow``, stop when caught up."""
+    """Events from the audit streams, oldest first; without ``follow``, stop when
+    caught up.
+
+    The services' events (``AUDIT``) and the sidecars' (``AUDIT_SIDECARS``) are
+    merged by the time the server stored them; ``since_seq`` applies to each
+    stream's own sequence, and ``stream`` says which one an event is from. An
+    installation whose ``AUDIT`` still holds everything (no ``AUDIT_SIDECARS``)
+    reads as before.
+    """
     js = s.nc.jetstream()
     by = encode_token(service) if service else "*"
-    subject = f"{SUBJECT_ROOT}.{by}.{encode_token(kind) if kind else '*'}"
+    subject = f"{SUBJECT_ROOT}.{by}.{encode_token(kind) if kind else '>'}"
     config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
     if since_seq is not None:
         config = ConsumerConfig(
@@ -51,26 +98,74 @@ async def events(
             # nats-py sends this field as given; its type hint says datetime.
             opt_start_time=start.isoformat().replace("+00:00", "Z"),  # type: ignore[arg-type]
         )
-    info = await js.stream_info(STREAM)
-    if not follow and info.state.messages == 0:
-        return
-    sub = await js.subscribe(subject, stream=STREAM, ordered_consumer=True, config=config)
+    # A service's events are in its own stream, chaosfs's also in an unsplit AUDIT.
+    streams = STREAMS if service in (None, SIDECAR_SERVICE) else (stream_of(service),)
+    cursors: list[_Cursor] = []
     try:
-        while True:
+        for order, stream in enumerate(streams):
             try:
-                msg = await sub.next_msg(timeout=None if follow else 1.0)
-            except nats.errors.TimeoutError:
-                return  # nothing (more) to replay
-            try:
-                event = codec.decode(msg.data, limit=1 << 24)
-            except codec.DecodeError as exc:
-                # Shown, not hidden: an unreadable event is itself worth seeing.
-                event = {"kind": "(malformed)", "malformed": str(exc)[:200]}
-            event.update(stamp(msg.subject))
-            event["seq"] = msg.metadata.sequence.stream
+                info = await js.stream_info(stream)
+            except nats.js.errors.NotFoundError:
+                if stream == STREAM:
+                    raise
+                continue  # not split (yet): AUDIT holds the sidecars' events too
+            empty = info.state.messages == 0
+            if empty and not follow:
+                continue
+            if not any(_overlap(subject, own) for own in info.config.subjects or ()):
+                continue
+            # A copy each: nats-py fills in the config it is given (deliver subject...).
+            sub = await js.subscribe(
+                subject, stream=stream, ordered_consumer=True, config=copy.deepcopy(config)
+            )
+            cursors.append(_Cursor(order, sub, caught_up=empty))
+        # The stored events, merged by time.
+        for cursor in cursors:
+            await cursor.advance()
+        while heads := [c for c in cursors if c.head is not None]:
+            cursor = min(heads, key=_Cursor.key)
+            msg = cursor.head
+            event = _event(msg)
             if pod is None or event.get("pod") == pod:
                 yield event
-            if not follow and msg.metadata.num_pending == 0:
-                return
+            if msg.metadata.num_pending == 0:
+                cursor.head, cursor.caught_up = None, True
+            else:
+                await cursor.advance()
+        if not follow or not cursors:
+            return
+        # Then live, as they come, from either stream.
+        arrived: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def pump(sub: Any) -> None:
+            while True:
+                await arrived.put(await sub.next_msg(timeout=None))
+
+        pumps = [asyncio.create_task(pump(c.sub)) for c in cursors]
+        try:
+            while True:
+                msg = await arrived.get()
+                event = _event(msg)
+                if pod is None or event.get("pod") == pod:
+                    yield event
+        finally:
+            for task in pumps:
+                task.cancel()
     finally:
-        await sub.unsubscribe()
+        for cursor in cursors:
+            with contextlib.suppress(Exception):
+                await cursor.sub.unsubscribe()
+
+
+def _overlap(filter_subject: str, stream_subject: str) -> bool:
+    """Whether some subject matches both (a filter outside a stream's subjects is
+    an error to the server)."""
+    a, b = filter_subject.split("."), stream_subject.split(".")
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x == ">" or y == ">":
+            return True
+        if x != y and "*" not in (x, y):
+            return False
+        if i == len(a) - 1 or i == len(b) - 1:
+            return len(a) == len(b)
+    return False
