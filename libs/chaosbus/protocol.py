@@ -12,7 +12,7 @@ import signal as _signal
 from dataclasses import dataclass
 from typing import Any
 
-from . import codec
+from . import codec, labels
 from .globs import GlobError, PathPattern, compile_glob
 from .rules import MAX_RULES, METHOD_SET, FaultRule, RuleError, is_rule_id, show
 
@@ -233,11 +233,7 @@ class Target:
         namespaces = raw.get("namespaces") or []
         if not isinstance(namespaces, list) or not all(isinstance(n, str) for n in namespaces):
             raise CommandError("target namespaces must be a list of strings")
-        selector = raw.get("selector") or {}
-        if not isinstance(selector, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
-        ):
-            raise CommandError("target selector must map label names to values")
+        self.selector = _target_selector(raw.get("selector"))
         pods = raw.get("pods") or "*"
         if not isinstance(pods, str):
             raise CommandError("target pods must be a glob string")
@@ -246,7 +242,6 @@ class Target:
         except GlobError as exc:
             raise CommandError(str(exc)) from None
         self.namespaces = frozenset(namespaces)
-        self.selector = dict(selector)
         self.names = _pod_refs(raw.get("names"))
         self.name_hashes = _pod_ref_hashes(raw.get("name_hashes"))
 
@@ -259,9 +254,27 @@ class Target:
             return False
         if self.namespaces and namespace not in self.namespaces:
             return False
-        if any(labels.get(k) != v for k, v in self.selector.items()):
+        if not self.selector.matches(labels):
             return False
         return bool(self._pods.match(name))
+
+
+def _target_selector(value: Any) -> labels.LabelSelector:
+    """``target.selector``: a Kubernetes label selector, as ``kubectl get -l`` takes it
+    (``app=db,tier!=cache,zone in (a,b),!legacy``), or, as older chaosctl sent it, a
+    map of labels that must all be equal."""
+    if not value:
+        return labels.LabelSelector()
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise CommandError("target selector must map label names to values")
+        value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+    if not isinstance(value, str):
+        raise CommandError("target selector must be a label selector string")
+    try:
+        return labels.parse(value)
+    except labels.SelectorError as exc:
+        raise CommandError(f"target {exc}") from None
 
 
 def _pod_refs(value: Any) -> frozenset[str] | None:

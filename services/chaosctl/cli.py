@@ -59,7 +59,11 @@ def _common() -> argparse.ArgumentParser:
 
 def _targets(p: argparse.ArgumentParser) -> None:
     p.add_argument("--namespace", action="append", help="only sidecars in this namespace")
-    p.add_argument("--selector", help="only pods with these labels: k=v,k2=v2")
+    p.add_argument(
+        "--selector",
+        help="only pods whose labels match this Kubernetes label selector: "
+        "app=db,tier!=cache,zone in (a,b),canary,!legacy",
+    )
     p.add_argument("--pods", help="only pods whose name matches this glob")
 
 

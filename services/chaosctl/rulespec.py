@@ -9,6 +9,7 @@ import re
 import time
 from typing import Any
 
+from chaosbus import labels
 from chaosbus.durations import parse_duration
 from chaosbus.rules import ACTIONS, MAX_TTL_SECONDS, FaultRule, RuleError, new_rule_id
 from chaosbus.sizes import parse_size
@@ -179,13 +180,14 @@ def rule_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def target_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """A fleet target from --namespace (repeatable), --selector k=v,... and --pods GLOB."""
-    selector: dict[str, str] = {}
-    for item in filter(None, (p.strip() for p in (args.selector or "").split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--selector takes k=v pairs, got {item!r}")
-        selector[key.strip()] = value.strip()
+    """A fleet target from --namespace (repeatable), --selector (a Kubernetes label
+    selector) and --pods GLOB."""
+    selector = (args.selector or "").strip()
+    if selector:
+        try:
+            labels.parse(selector)
+        except labels.SelectorError as exc:
+            raise UsageError(f"--selector: {exc}") from None
     target: dict[str, Any] = {}
     if args.namespace:
         target["namespaces"] = list(args.namespace)

@@ -14,10 +14,8 @@ from typing import Any, cast
 from chaosbus.audit import AuditLog, ensure_stream
 from chaosbus.bus import add_bus_arguments, auth_from_args, connect, default_url
 from chaosbus.durations import parse_duration
-from chaosbus.experiments.errors import SpecError
-from chaosbus.experiments.selectors import LabelSelector
-from chaosbus.experiments.selectors import parse as parse_selector
-from chaosbus.labels import Selector
+from chaosbus.labels import LabelSelector, SelectorError
+from chaosbus.labels import parse as parse_selector
 from chaosbus.logs import configure
 from chaosbus.metrics import start_metrics
 from chaosbus.sizes import parse_size
@@ -32,16 +30,17 @@ DEFAULT_PREFIX = "admission-webhook.chaos-mesh.org"
 RESYNC_INTERVAL = 5.0
 
 
-def _selector(text: str) -> str:
-    Selector(text)  # refuse a malformed selector at start, not on the first event
-    return text
-
-
 def _webhook_namespaces(text: str) -> LabelSelector:
+    # A malformed selector is refused at start, with the reason, not on the first event.
     try:
         return parse_selector(text)
-    except SpecError as exc:
+    except SelectorError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _selector(text: str) -> str:
+    _webhook_namespaces(text)
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 from prometheus_client import Counter, Gauge
 
 from chaosbus import gotemplate
-from chaosbus.experiments.selectors import LabelSelector
 from chaosbus.injection import Rendering, rendering_key
+from chaosbus.labels import LabelSelector
 
 from .configs import ConfigError, InjectionConfig, parse_configs, template_text, validate_spec
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from chaosbus.labels import Selector
+from chaosbus.labels import parse as parse_selector
 from chaosbus.yamlfast import safe_load_all
 
 POLL_INTERVAL = 0.025  # a stat per file per tick: cheap for a folder of ConfigMaps
@@ -88,7 +88,7 @@ async def watch_dir(
     log: Any,
     interval: float = POLL_INTERVAL,
 ) -> AsyncIterator[WatchEvent]:
-    selector = Selector(label_selector)
+    selector = parse_selector(label_selector or "")
     wanted = _KINDS[kind]
     seen: tuple | None = None
     last: list[dict[str, Any]] | None = None

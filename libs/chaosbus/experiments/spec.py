@@ -31,10 +31,10 @@ from typing import Any
 
 import re2
 
+from .. import labels as selectors
 from ..globs import GlobError, compile_glob
 from ..protocol import CommandError, parse_lazy
 from ..rules import MAX_DELAY_SECONDS, MAX_RULES, METHOD_SET, FaultRule, RuleError, parse_errno
-from . import selectors
 from .cron import Schedule, parse_go_duration
 from .errors import SpecError
 from .manifests import (
@@ -217,7 +217,7 @@ class PodSelector:
         include, exclude = split_terms(self.namespaces)
         if (include and namespace not in include) or namespace in exclude:
             return False
-        return selectors.parse(self.labels).matches(labels)
+        return _label_selector(self.labels).matches(labels)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -258,7 +258,7 @@ class PodSelector:
         labels = data.get("labels", "")
         if not isinstance(labels, str):
             raise SpecError("selector.labels: must be a string")
-        selectors.parse(labels)
+        _label_selector(labels)
         return cls(
             namespaces=strings("namespaces"),
             pods=tuple(sorted((ns, tuple(names)) for ns, names in pods.items())),
@@ -563,6 +563,14 @@ def _string_map(raw: Any, where: str) -> dict[str, str]:
     return raw
 
 
+def _label_selector(text: str) -> selectors.LabelSelector:
+    """A label selector read as part of a spec: a malformed one is a SpecError."""
+    try:
+        return selectors.parse(text)
+    except selectors.SelectorError as exc:
+        raise SpecError(str(exc)) from None
+
+
 def _selector(raw: Any, namespace: str, *, default_to_own: bool) -> PodSelector:
     """Chaos Mesh's selector block.
 
@@ -611,11 +619,14 @@ def _selector(raw: Any, namespace: str, *, default_to_own: bool) -> PodSelector:
         expressions = raw.get("matchExpressions")
     if expressions is not None and not isinstance(expressions, list):
         raise SpecError(f"{where}.expressionSelectors: must be a list of {{key, operator, values}}")
-    labels = selectors.from_parts(
-        _string_map(raw.get("labelSelectors"), f"{where}.labelSelectors"),
-        expressions or [],
-        field=where,
-    )
+    try:
+        labels = selectors.from_parts(
+            _string_map(raw.get("labelSelectors"), f"{where}.labelSelectors"),
+            expressions or [],
+            field=where,
+        )
+    except selectors.SelectorError as exc:
+        raise SpecError(str(exc)) from None
 
     annotations = _string_map(raw.get("annotationSelectors"), f"{where}.annotationSelectors")
     for key in annotations:

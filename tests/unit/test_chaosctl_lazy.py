@@ -247,7 +247,7 @@ USAGE = [
     (["lose-unsynced", "--pod", "a/b", "--path", "a/[b"], "unclosed '['"),
     (["lose-unsynced", "--pod", "ab"], "chaosctl: pod must be NAMESPACE/NAME, got 'ab'"),
     (["report-unsynced", "--pod", "a/b", "--namespace", "a"], "choose sidecars for --fleet only"),
-    (["power-cut", "--fleet", "--selector", "app"], "--selector takes k=v pairs"),
+    (["power-cut", "--fleet", "--selector", "app in (x"], "--selector: label selector"),
 ]
 
 

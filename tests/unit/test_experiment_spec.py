@@ -15,7 +15,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from chaosbus.experiments import selectors
+from chaosbus import labels as selectors
 from chaosbus.experiments.cron import Schedule, parse_go_duration
 from chaosbus.experiments.manifests import load_documents
 from chaosbus.experiments.selection import choose, count_for
@@ -612,7 +612,7 @@ def test_label_selector_refusals(text):
     if text == "app=":
         assert selectors.parse(text).matches({"app": ""})
         return
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(selectors.SelectorError) as info:
         selectors.parse(text)
     assert "\n" not in str(info.value) and "label selector" in str(info.value)
 
