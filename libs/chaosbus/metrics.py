@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import start_http_server
 
+from .hostport import parse_hostport
+
 
 def parse_addr(addr: str) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"metrics address must be HOST:PORT, got {addr!r}")
-    return host or "0.0.0.0", int(port)
+    return parse_hostport(addr, what="metrics address")
 
 
 def start_metrics(addr: str) -> None:

@@ -23,6 +23,7 @@ from chaosbus.audit import AuditLog, ensure_stream
 from chaosbus.bus import add_bus_arguments, auth_from_args, connect, default_url
 from chaosbus.durations import parse_duration
 from chaosbus.experiments.store import ExperimentStore, lease_bucket
+from chaosbus.hostport import hostport_arg
 from chaosbus.logs import configure
 from chaosbus.metrics import start_metrics
 from chaosbus.sizes import parse_size
@@ -70,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a run waits for the selected sidecars to acknowledge (3s)",
     )
     add_bus_arguments(p)
-    p.add_argument("--metrics-addr", help="serve Prometheus /metrics on HOST:PORT")
+    p.add_argument(
+        "--metrics-addr", help="serve Prometheus /metrics on HOST:PORT", type=hostport_arg
+    )
     p.add_argument("--audit-max-age", type=parse_duration, default=7 * 86400.0)
     p.add_argument("--audit-max-bytes", type=parse_size, default=1 << 30)
     p.add_argument("--log-level", default="info")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from chaosbus.bus import BusAuth, add_bus_arguments, auth_from_args, default_url
+from chaosbus.hostport import hostport_arg
 from chaosbus.logs import configure
 
 DEFAULT_PREFIX = "admission-webhook.chaos-mesh.org"
@@ -34,7 +35,13 @@ def parser() -> argparse.ArgumentParser:
         description="Mutating admission webhook that injects the chaosfs sidecar into pods, "
         "from the renderings the template-watcher publishes on NATS.",
     )
-    p.add_argument("--listen", default="0.0.0.0:9443", metavar="HOST:PORT", help="HTTPS address")
+    p.add_argument(
+        "--listen",
+        default="0.0.0.0:9443",
+        metavar="HOST:PORT",
+        help="HTTPS address",
+        type=hostport_arg,
+    )
     p.add_argument("--tls-cert", required=True, metavar="FILE", help="serving certificate (PEM)")
     p.add_argument("--tls-key", required=True, metavar="FILE", help="its private key (PEM)")
     p.add_argument(
@@ -53,7 +60,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
     p.add_argument(
-        "--metrics-addr", default=None, metavar="HOST:PORT", help="serve Prometheus /metrics here"
+        "--metrics-addr",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics here",
+        type=hostport_arg,
     )
     return p
 

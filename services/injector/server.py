@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from chaosbus.audit import AuditLog
+from chaosbus.hostport import parse_hostport
 
 from . import admission
 from .cli import Config
@@ -137,13 +138,6 @@ def build_app(
     return app
 
 
-def split_hostport(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 async def serve(config: Config, log: Any) -> None:
     metrics = Metrics()
     state = State()
@@ -158,7 +152,7 @@ async def serve(config: Config, log: Any) -> None:
     runner = web.AppRunner(build_app(state, config.prefix, metrics, log, audit), access_log=None)
     await runner.setup()
     runners.append(runner)
-    host, port = split_hostport(config.listen)
+    host, port = parse_hostport(config.listen, what="--listen")
     await web.TCPSite(runner, host, port, ssl_context=tls.context).start()
     log.info("listening", addr=config.listen, path=INJECT_PATH, prefix=config.prefix)
 
@@ -166,7 +160,7 @@ async def serve(config: Config, log: Any) -> None:
         metrics_runner = web.AppRunner(metrics.app(), access_log=None)
         await metrics_runner.setup()
         runners.append(metrics_runner)
-        mhost, mport = split_hostport(config.metrics_addr)
+        mhost, mport = parse_hostport(config.metrics_addr, what="--metrics-addr")
         await web.TCPSite(metrics_runner, mhost, mport).start()
         log.info("metrics_listening", addr=config.metrics_addr)
 

@@ -14,6 +14,7 @@ from typing import Any, cast
 from chaosbus.audit import AuditLog, ensure_stream
 from chaosbus.bus import add_bus_arguments, auth_from_args, connect, default_url
 from chaosbus.durations import parse_duration
+from chaosbus.hostport import hostport_arg
 from chaosbus.labels import LabelSelector, SelectorError
 from chaosbus.labels import parse as parse_selector
 from chaosbus.logs import configure
@@ -68,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     add_bus_arguments(p)
-    p.add_argument("--metrics-addr", help="serve Prometheus /metrics on HOST:PORT")
+    p.add_argument(
+        "--metrics-addr", help="serve Prometheus /metrics on HOST:PORT", type=hostport_arg
+    )
     p.add_argument("--audit-max-age", type=parse_duration, default=7 * 86400.0)
     p.add_argument("--audit-max-bytes", type=parse_size, default=1 << 30)
     p.add_argument("--log-level", default="info")
