@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from chaosbus.hostport import hostport_arg
 from chaosbus.logs import configure
 from chaosbus.metrics import start_metrics
 from chaosbus.sizes import parse_size
+from chaosbus.supervise import JobEnded, run_until_stopped, stop_on_signals
 
 from . import metrics
 from .engine import Engine
@@ -149,21 +149,17 @@ async def run(args: argparse.Namespace) -> int:
     await ensure_stream(nc, max_age=args.audit_max_age, max_bytes=args.audit_max_bytes)
     audit = AuditLog("controller", log)
     audit.start(nc)
-    leader = asyncio.create_task(_lead(args, nc, audit, log))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    stopping = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({leader, stopping}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
-    if leader in done and leader.exception() is not None:
-        log.error("controller_failed", error=repr(leader.exception()))
+    try:
+        # Leadership is not restarted in place: a controller whose lease loop failed
+        # exits non-zero and its Deployment starts a fresh one.
+        await run_until_stopped(
+            {"leader": lambda: _lead(args, nc, audit, log)}, stop_on_signals(), log, restart=False
+        )
+    except JobEnded as exc:
+        log.error("controller_failed", error=str(exc))
         code = 1
     log.info("stopping")
-    leader.cancel()
-    stopping.cancel()
-    await asyncio.gather(leader, stopping, return_exceptions=True)
     await audit.stop(timeout=1.0)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.close(), 2.0)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import signal
 import threading
 import time
 from typing import Any
@@ -14,6 +11,7 @@ from aiohttp import web
 
 from chaosbus.audit import AuditLog
 from chaosbus.hostport import parse_hostport
+from chaosbus.supervise import run_until_stopped, stop_on_signals
 
 from . import admission
 from .cli import Config
@@ -164,25 +162,14 @@ async def serve(config: Config, log: Any) -> None:
         await web.TCPSite(metrics_runner, mhost, mport).start()
         log.info("metrics_listening", addr=config.metrics_addr)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(sync.run()), asyncio.create_task(tls.watch())]
     try:
-        waiter = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not waiter and task.exception() is not None:
-                log.error("task_crashed", error=repr(task.exception()))
-        waiter.cancel()
+        # The bucket sync and the certificate watcher are supervised: either one that
+        # fails is logged and started again while the webhook keeps serving.
+        await run_until_stopped(
+            {"store sync": sync.run, "certificate reload": tls.watch}, stop_on_signals(), log
+        )
     finally:
         log.info("stopping")
         _exit_anyway_after(SHUTDOWN_GRACE)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
         for r in runners:
             await r.cleanup()

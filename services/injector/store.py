@@ -223,21 +223,29 @@ class StoreSync:
         js = nc.jetstream(timeout=JS_TIMEOUT)
         buckets = {b: await self._open(js, b) for b in (RENDERINGS_BUCKET, NAMESPACES_BUCKET)}
         watchers: list[KeyValue.KeyWatcher] = []
-        tasks: list[asyncio.Task[None]] = []
+
+        async def until_resync() -> None:
+            await self._resync.wait()
+            raise _Resync
+
+        async def follow(bucket: str, watcher: KeyValue.KeyWatcher, kv: KeyValue) -> None:
+            await self._follow(bucket, watcher, kv)
+            raise _Resync  # a watch that ends is opened again, both buckets with it
+
         try:
-            for bucket, kv in buckets.items():
-                watcher = await kv.watchall()
-                watchers.append(watcher)
-                tasks.append(asyncio.create_task(self._follow(bucket, watcher, kv)))
-            resync = asyncio.create_task(self._resync.wait())
-            done, _ = await asyncio.wait([*tasks, resync], return_when=asyncio.FIRST_COMPLETED)
-            resync.cancel()
-            for task in done:
-                if task is not resync and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            for kv in buckets.values():
+                watchers.append(await kv.watchall())
+            # One task group: the first follower to fail ends the other (its error
+            # goes up to run(), which retries), and a resync request ends both.
+            async with asyncio.TaskGroup() as tg:
+                for (bucket, kv), watcher in zip(buckets.items(), watchers, strict=True):
+                    tg.create_task(follow(bucket, watcher, kv), name=f"follow {bucket}")
+                tg.create_task(until_resync(), name="resync")
+        except* _Resync:
+            pass
+        except* Exception as group:
+            raise group.exceptions[0] from None
         finally:
-            for task in tasks:
-                task.cancel()
             for watcher in watchers:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(watcher.stop(), 1)
@@ -331,3 +339,7 @@ async def _is_empty(kv: KeyValue) -> bool:
     """No value in the bucket's stream at all (then the marker is the end of nothing)."""
     info = await kv._js.stream_info(kv._stream)  # nats-py 2.16 keeps them there
     return not info.state.messages
+
+
+class _Resync(Exception):
+    """Ends the mirroring task group when a reconnect or the timer asks to watch again."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from chaosbus.labels import parse as parse_selector
 from chaosbus.logs import configure
 from chaosbus.metrics import start_metrics
 from chaosbus.sizes import parse_size
-from chaosbus.supervise import supervised
+from chaosbus.supervise import run_until_stopped, stop_on_signals
 
 from .core import TemplateWatcher
 from .fleet_monitor import monitor
@@ -178,16 +177,10 @@ async def run(args: argparse.Namespace) -> int:
         "resync": lambda: _resync(watcher, log),
         "fleet monitor": lambda: monitor(nc, audit, log),
     }
-    tasks = [asyncio.create_task(supervised(n, job, log), name=n) for n, job in jobs.items()]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    # Every job is supervised: a watch stream that fails is logged and opened again,
+    # never left dead while the service looks healthy.
+    await run_until_stopped(jobs, stop_on_signals(), log)
     log.info("stopping")
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
     await audit.stop(timeout=1.0)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.close(), 2.0)
