@@ -24,7 +24,8 @@ class DecodeError(ValueError):
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    return msgpack.packb(message, use_bin_type=True)
+    packed: bytes = msgpack.packb(message, use_bin_type=True)
+    return packed
 
 
 def decode(payload: bytes, *, limit: int = MAX_COMMAND_BYTES) -> dict[str, Any]:

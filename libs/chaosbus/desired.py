@@ -67,7 +67,9 @@ class Entry:
         return cls(rule, data.get("target"), data.get("actor", ""), data.get("time", 0.0))
 
     @classmethod
-    def of(cls, rule: dict[str, Any] | None, actor: str, target: dict[str, Any] | None = None):
+    def of(
+        cls, rule: dict[str, Any] | None, actor: str, target: dict[str, Any] | None = None
+    ) -> Entry:
         return cls(rule, target, actor, time.time())
 
 

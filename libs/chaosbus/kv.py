@@ -102,7 +102,7 @@ async def api_request(
             await sub.unsubscribe()
     if msg.headers and msg.headers.get("Status") == "503" and not msg.data:
         raise NoRespondersError
-    response = json.loads(msg.data)
+    response: dict[str, Any] = json.loads(msg.data)
     if response.get("error"):
         APIError.from_error(response["error"])  # raises
     return response

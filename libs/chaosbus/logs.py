@@ -25,4 +25,5 @@ def configure(service: str, level: str = "info") -> structlog.stdlib.BoundLogger
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    return structlog.get_logger(service=service)
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(service=service)
+    return logger

@@ -447,7 +447,7 @@ def _missing_volumes(inject: _Spec, pod_volumes: set[str]) -> list[Refusal]:
     ]:
         name = mount.get("name")
         if name not in available and name not in wanted:
-            wanted.append(name)
+            wanted.append(str(name))
     return [
         Refusal(
             "missing-volume",
@@ -518,7 +518,7 @@ def _mount_into(
             new = by_name[name]
             if name not in placed:
                 out.append(copy.deepcopy(new))
-                placed.add(name)
+                placed.add(str(name))
             if _view(mount) != _view(new):
                 warnings.append(
                     f"container {container['name']!r}: its mount of volume {name!r} at {path!r} "

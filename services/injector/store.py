@@ -175,7 +175,7 @@ class StoreSync:
         backoff = BACKOFF_START
         while True:
             try:
-                nc = await connect(
+                nc: Client = await connect(
                     self.url,
                     name="chaos-injector",
                     auth=self.auth,
@@ -248,13 +248,13 @@ class StoreSync:
         finally:
             for watcher in watchers:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(watcher.stop(), 1)
+                    await asyncio.wait_for(watcher.stop(), 1)  # type: ignore[no-untyped-call]
 
     async def _open(self, js: Any, bucket: str) -> KeyValue:
         backoff = BACKOFF_START
         while True:
             try:
-                kv = await js.key_value(bucket)
+                kv: KeyValue = await js.key_value(bucket)
             except BucketNotFoundError:
                 if bucket not in self._waiting_for:
                     self.log.warning("kv_bucket_missing", bucket=bucket, hint="waiting for it")

@@ -529,7 +529,7 @@ def _cron(spec: dict[str, Any]) -> str | None:
     if text is None or text == "":
         raise SpecError("spec.scheduler.cron: required")
     Schedule.parse(text, field="spec.scheduler.cron")
-    return text
+    return str(text)
 
 
 def _timing(
@@ -1032,7 +1032,7 @@ def _timespec(raw: Any, where: str) -> float:
             raise SpecError(f"{where}.{name}: must not be negative, got {number}")
     if nsec >= 1_000_000_000:
         raise SpecError(f"{where}.nsec: must be below 1000000000, got {nsec}")
-    return sec + nsec / 1e9
+    return float(sec + nsec / 1e9)
 
 
 def _v2_mistake(raw: Any) -> dict[str, Any]:

@@ -363,7 +363,7 @@ class ExperimentStore:
                 except ValueError as exc:
                     yield ref, None, str(exc)
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
 
     # --- status ------------------------------------------------------------------------
 
@@ -417,7 +417,7 @@ class ExperimentStore:
                 except ValueError:
                     continue
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
 
 
 async def lease_bucket(nc: Client, ttl: float) -> KeyValue:
