@@ -7,26 +7,14 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from chaosbus.bus import BusAuth, add_bus_arguments, auth_from_args, default_url
+from chaosbus.bus import add_bus_arguments, auth_from_args, default_url
 from chaosbus.hostport import hostport_arg
 from chaosbus.logs import configure
 
+from .config import Config
+
 DEFAULT_PREFIX = "admission-webhook.chaos-mesh.org"
-
-
-@dataclass(frozen=True)
-class Config:
-    listen: str
-    tls_cert: str
-    tls_key: str
-    nats_url: str
-    prefix: str
-    log_level: str
-    metrics_addr: str | None
-    tls_reload_interval: float
-    auth: BusAuth = field(default_factory=BusAuth)
 
 
 def parser() -> argparse.ArgumentParser:

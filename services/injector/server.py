@@ -14,7 +14,7 @@ from chaosbus.hostport import parse_hostport
 from chaosbus.supervise import run_until_stopped, stop_on_signals
 
 from . import admission
-from .cli import Config
+from .config import Config
 from .metrics import Metrics
 from .state import State
 from .store import StoreSync
