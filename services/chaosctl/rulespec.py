@@ -11,6 +11,7 @@ from typing import Any
 
 from chaosbus import labels
 from chaosbus.durations import parse_duration
+from chaosbus.kvlist import parse_pairs
 from chaosbus.rules import ACTIONS, MAX_TTL_SECONDS, FaultRule, RuleError, new_rule_id
 from chaosbus.sizes import parse_size
 
@@ -71,11 +72,9 @@ _PASSED_THROUGH = (
 
 def parse_attrs(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        name, value = name.strip(), value.strip()
-        if not sep or not name or not value:
-            raise ValueError(f"expected name=value, got {item!r}")
+    for name, value in parse_pairs(text, what="--attr"):
+        if not value:
+            raise ValueError(f"--attr: {name} needs a value")
         if name == "mode":
             out[name] = int(value, 8)
         elif name == "kind":

@@ -13,6 +13,7 @@ from chaosbus import __version__
 from chaosbus.bus import BusAuth, default_url
 from chaosbus.durations import parse_duration
 from chaosbus.goflags import Flag, FlagError, parse_flags, usage
+from chaosbus.kvlist import parse_pairs
 from chaosbus.sizes import parse_size
 from chaosbus.subjects import parse_pod
 
@@ -201,13 +202,10 @@ def read_labels(path: str) -> dict[str, str]:
 
 
 def env_labels(env: dict[str, str]) -> dict[str, str]:
-    labels = {}
-    for item in filter(None, (p.strip() for p in env.get("POD_LABELS", "").split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise FlagError(f"POD_LABELS must be k=v,k=v; got {item!r}")
-        labels[key.strip()] = value.strip()
-    return labels
+    try:
+        return dict(parse_pairs(env.get("POD_LABELS", ""), what="POD_LABELS"))
+    except ValueError as exc:
+        raise FlagError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
