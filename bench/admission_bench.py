@@ -74,8 +74,11 @@ from benchstack import (
 
 from chaosbus import codec
 from chaosbus.injection import RENDERINGS_BUCKET, Rendering, rendering_key
-from injector.certs import write_self_signed
 from template_watcher.dir_source import POLL_INTERVAL
+
+# The throwaway certificate authority of the tests (trustme): one implementation.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from tls_helpers import serving_pair
 
 SEED = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "seed"
 TEMPLATE_FILE = "chaosfs-sidecar.yaml"
@@ -252,8 +255,7 @@ class Stack:
 
     def _injector_cmd(self) -> list[str]:
         cert, key = self.root / "tls.crt", self.root / "tls.key"
-        write_self_signed(cert, key, ["localhost", "127.0.0.1"])
-        self.cert_pem = cert.read_text()
+        self.cert_pem = serving_pair(cert, key).trust_pem
         return [
             str(BIN / "chaos-injector"),
             *("--listen", f"127.0.0.1:{self.https_port}"),

@@ -32,6 +32,9 @@ from typing import Any
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
+# The throwaway certificate authority the tests use (tests/tls_helpers.py, trustme):
+# one implementation for the tests, the benches and this demo.
+sys.path.insert(0, str(ROOT / "tests"))
 PREFIX = "admission-webhook.chaos-mesh.org"
 NAMESPACE = "chaos-testing"
 EXPERIMENT = "tikv-io-errno"
@@ -186,11 +189,11 @@ class Demo:
         )
 
     def start_injector(self) -> None:
-        from injector.certs import write_self_signed
-
-        self.step("Starting the injector (HTTPS, self-signed certificate)")
+        self.step("Starting the injector (HTTPS, a certificate from a throwaway CA)")
         cert, key = self.work / "tls.crt", self.work / "tls.key"
-        write_self_signed(cert, key, ["localhost", "127.0.0.1"])
+        from tls_helpers import serving_pair
+
+        serving = serving_pair(cert, key)
         self.injector_port = free_port()
         self.spawn(
             "injector",
@@ -204,7 +207,7 @@ class Demo:
             "--nats",
             self.url,
         )
-        self.tls = ssl.create_default_context(cafile=str(cert))
+        self.tls = ssl.create_default_context(cadata=serving.trust_pem)
         self.wait(lambda: self._https("GET", "/readyz")[0] == 200, 20, "the injector to be ready")
         self.check(True, f"the injector is ready on https://127.0.0.1:{self.injector_port}")
 

@@ -21,9 +21,7 @@ test reads who leads the JetStream cluster (the meta leader) and each stream.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import errno
-import ipaddress
 import json
 import os
 import re
@@ -43,10 +41,6 @@ import nats
 import nats.errors
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from nats.aio.client import Client
 from nats.js.errors import BucketNotFoundError, ServiceUnavailableError
 from tls_helpers import CA
@@ -74,48 +68,6 @@ AGENTS = 30
 
 
 # --- the cluster ------------------------------------------------------------------------
-
-
-def issue_route_cert(ca: CA, name: str) -> tuple[Path, Path]:
-    """A certificate for servers that both accept and open TLS connections: clients and
-    routes connect to them, and each opens routes to the others with it (mutual TLS),
-    so it must be good for server and client authentication, as nats-tls is in prod."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
-    cert_path, key_path = ca.folder / f"{name}.crt", ca.folder / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
 
 
 @dataclass
@@ -146,7 +98,9 @@ class Cluster:
     def __init__(self, root: Path, size: int = 3) -> None:
         self.root = root
         self.ca = CA.create(root / "tls")
-        self.cert, self.key = issue_route_cert(self.ca, "nats")
+        # trustme leaves serve both ways: clients and routes connect to each server, and
+        # each opens routes to the others with the same certificate (mutual TLS).
+        self.cert, self.key = self.ca.issue("nats")
         self.passwords = {role: "p" + secrets.token_hex(16) for role in ROLES}
         for role, password in self.passwords.items():
             self.password_file(role).write_text(password + "\n")

@@ -31,13 +31,13 @@ from test_injector_mutate import (
     tikv_pod,
     tikv_rendering,
 )
+from tls_helpers import serving_pair
 
 from chaosbus import codec
 from chaosbus.audit import STREAM as AUDIT_STREAM
 from chaosbus.audit import SUBJECT_ROOT
 from chaosbus.injection import NAMESPACES_BUCKET, RENDERINGS_BUCKET, Rendering, rendering_key
 from conftest import BIN, NatsServer, free_port, wait_for
-from injector.certs import write_self_signed
 
 # --- NATS side: what the template-watcher would do ------------------------------------
 
@@ -155,13 +155,14 @@ class Client:
 class Injector:
     def __init__(self, tmp: Path, nats_url: str) -> None:
         self.cert, self.key = tmp / "tls.crt", tmp / "tls.key"
-        self.der = write_self_signed(self.cert, self.key, ["localhost", "127.0.0.1"])
+        self.serving = serving_pair(self.cert, self.key)
+        self.der = self.serving.der
         self.port = free_port()
         self.metrics_port = free_port()
         self.log = tmp / "injector.log"
         self.nats_url = nats_url
         self.proc: subprocess.Popen[bytes] | None = None
-        self.client = Client(self.port, self.cert.read_text())
+        self.client = Client(self.port, self.serving.trust_pem)
 
     def start(self) -> None:
         cmd = [
@@ -385,19 +386,19 @@ def test_a_rotated_certificate_is_served_to_new_connections(
 
     new_dir = tmp_path / "new"
     new_dir.mkdir()
-    new_der = write_self_signed(new_dir / "tls.crt", new_dir / "tls.key", ["127.0.0.1"])
+    new = serving_pair(new_dir / "tls.crt", new_dir / "tls.key", ["127.0.0.1"])
 
     # Half a rotation: the new certificate next to the old key. The pair must be
     # refused as a whole and the old certificate keep serving new connections.
     os.replace(new_dir / "tls.crt", ready_injector.cert)
     time.sleep(0.8)  # four reload ticks
-    old_trust = Client(ready_injector.port, ssl.DER_cert_to_PEM_cert(ready_injector.der))
+    old_trust = Client(ready_injector.port, ready_injector.serving.trust_pem)
     assert old_trust.request("GET", "/healthz")[0] == 200
     old_trust.close()
 
     os.replace(new_dir / "tls.key", ready_injector.key)
     # Trusts only the new certificate.
-    fresh = Client(ready_injector.port, ssl.DER_cert_to_PEM_cert(new_der))
+    fresh = Client(ready_injector.port, new.trust_pem)
 
     def handshake_ok() -> bool:
         try:
@@ -408,7 +409,7 @@ def test_a_rotated_certificate_is_served_to_new_connections(
 
     wait_for(handshake_ok, timeout=5, what="the rotated certificate")
     assert fresh.conn is not None and fresh.conn.sock is not None
-    assert fresh.conn.sock.getpeercert(binary_form=True) == new_der
+    assert fresh.conn.sock.getpeercert(binary_form=True) == new.der
     fresh.close()
     # The connection opened before the rotation keeps working.
     assert old_conn.conn is not None

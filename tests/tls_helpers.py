@@ -1,33 +1,23 @@
-"""A throwaway certificate authority for tests: a CA and certificates it signs."""
+"""Throwaway certificates for tests, the demo and the benches, made with trustme.
+
+``CA`` keeps a certificate authority in a folder (``ca.crt`` to trust) and issues
+leaf certificates from it. trustme's leaves are good for both server and client
+authentication, which is what NATS route certificates need (each server both accepts
+and opens TLS connections) and harmless elsewhere. ``serving_pair`` writes one leaf
+and its key the way a Secret volume update does, for servers that reload them.
+"""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
+import os
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+import trustme
 
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _sans(hostnames: Sequence[str]) -> x509.SubjectAlternativeName:
-    names: list[x509.GeneralName] = []
-    for host in hostnames:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    return x509.SubjectAlternativeName(names)
+LOCALHOST = ("localhost", "127.0.0.1")
 
 
 @dataclass
@@ -35,75 +25,59 @@ class CA:
     """A CA kept in ``folder``: ``ca.crt`` to trust, and ``issue`` for leaf certificates."""
 
     folder: Path
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
+    authority: trustme.CA
 
     @property
     def cert_path(self) -> Path:
         return self.folder / "ca.crt"
 
+    @property
+    def pem(self) -> bytes:
+        return self.authority.cert_pem.bytes()
+
     @classmethod
     def create(cls, folder: Path, name: str = "chaosbus test CA") -> CA:
         folder.mkdir(parents=True, exist_ok=True)
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )
-        ca = cls(folder, key, cert)
-        ca.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        ca = cls(folder, trustme.CA(organization_name=name))
+        ca.authority.cert_pem.write_to_path(str(ca.cert_path))
         return ca
 
-    def issue(
-        self, name: str, hostnames: Sequence[str] = (), *, client: bool = False
-    ) -> tuple[Path, Path]:
-        """Write ``<name>.crt`` and ``<name>.key``, a server (or client) certificate."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False
-            )
-        )
-        if hostnames:
-            builder = builder.add_extension(_sans(hostnames), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
+    def issue(self, name: str, hostnames: Sequence[str] = LOCALHOST) -> tuple[Path, Path]:
+        """Write ``<name>.crt`` and ``<name>.key``: a certificate for ``hostnames``
+        (DNS names or IP addresses), good for server and client authentication."""
+        leaf = self.authority.issue_cert(*hostnames, common_name=name)
         cert_path, key_path = self.folder / f"{name}.crt", self.folder / f"{name}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(_key_pem(key))
-        key_path.chmod(0o600)
+        _write_aside(cert_path, b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        _write_aside(key_path, leaf.private_key_pem.bytes(), mode=0o600)
         return cert_path, key_path
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A server's certificate as written, and what a client must trust to accept it."""
+
+    der: bytes  # the certificate the server presents (compare with getpeercert)
+    trust_pem: str  # the CA that issued it
+
+
+def serving_pair(
+    cert_path: str | os.PathLike[str],
+    key_path: str | os.PathLike[str],
+    hostnames: Sequence[str] = LOCALHOST,
+) -> Serving:
+    """A fresh CA and a serving certificate from it, written to ``cert_path`` and
+    ``key_path``; each file is written aside and renamed into place, so a server that
+    reloads them never reads half a file."""
+    authority = trustme.CA()
+    leaf = authority.issue_cert(*hostnames)
+    pem = leaf.cert_chain_pems[0].bytes()
+    _write_aside(Path(key_path), leaf.private_key_pem.bytes(), mode=0o600)
+    _write_aside(Path(cert_path), pem)
+    return Serving(ssl.PEM_cert_to_DER_cert(pem.decode()), authority.cert_pem.bytes().decode())
+
+
+def _write_aside(path: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(mode)
+    os.replace(tmp, path)
