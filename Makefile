@@ -18,11 +18,33 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# The virtualenv holds exactly what requirements/dev.txt locks (every file checked
+# against its hash), then the project itself, editable, adding nothing.
+$(VENV)/.installed: pyproject.toml requirements/dev.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q pip==26.3
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check || { echo "requirements/ disagree with pyproject.toml: make lock"; exit 1; }
 	touch $@
+
+# The lock files, from pyproject.toml: requirements/dev.txt (setup and CI) with
+# every extra and the tools, then one per image (requirements/<extra>.txt), held
+# to dev.txt's versions so that every image runs what CI tested. Versions already
+# locked are kept; `make lock UPGRADE=1` takes the newest each pin allows.
+LOCKED_EXTRAS := chaosfs chaosctl template-watcher injector controller auth
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+.PHONY: lock
+lock: system-deps
+	test -x $(VENV)/bin/uv || { python3 -m venv $(VENV) \
+	  && $(PY) -m pip install -q --require-hashes --no-deps -r requirements/dev.txt; }
+	$(UV_COMPILE) pyproject.toml --extra dev -o requirements/dev.txt
+	for extra in $(LOCKED_EXTRAS); do \
+	  $(UV_COMPILE) pyproject.toml --extra $$extra -c requirements/dev.txt \
+	    -o requirements/$$extra.txt || exit 1; \
+	done
+
 
 lint: setup
 	$(VENV)/bin/ruff check libs services tests bench demo deploy
