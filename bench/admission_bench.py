@@ -1,8 +1,8 @@
 """How fast the injector answers, and how fast a template edit reaches it.
 
 Starts its own stack: a nats-server (JetStream in a temp dir), the real
-``chaos-template-watcher --source dir:TMP`` over the seed's template ConfigMap
-plus N injection configs (copies of the seed's tikv config, each with its own
+``chaos-template-watcher --source dir:TMP`` over Chaos Mesh v0.9's template ConfigMap
+plus N injection configs (copies of Chaos Mesh v0.9's tikv config, each with its own
 name and selector), and the real ``chaos-injector`` over HTTPS with a
 self-signed certificate. Then:
 
@@ -126,7 +126,7 @@ def shard(index: int) -> str:
 
 
 def config_map(seed: dict[str, Any], index: int) -> dict[str, Any]:
-    """The seed's tikv ConfigMap with its own name, and a selector of its own shard."""
+    """Chaos Mesh v0.9's tikv ConfigMap with its own name, and a selector of its own shard."""
     (text,) = seed["data"].values()
     config = yaml.safe_load(text)
     name = config_name(index)

@@ -76,7 +76,7 @@ def free_port() -> int:
 
 def write_shipped_configmaps(folder: Path) -> list[str]:
     """The sidecar templates and the TiKV injection config that deploy/ ships, as the
-    ConfigMaps kustomize makes of them (the seed's, if deploy/ is missing)."""
+    ConfigMaps kustomize makes of them (Chaos Mesh v0.9's, if deploy/ is missing)."""
     import yaml
 
     templates = sorted((ROOT / "deploy" / "base" / "templates").glob("*.tmpl"))
@@ -85,7 +85,7 @@ def write_shipped_configmaps(folder: Path) -> list[str]:
         seed = ROOT / "tests" / "fixtures" / "seed"
         for name in ("chaosfs-sidecar.yaml", "tikv-configmap.yaml"):
             shutil.copy(seed / name, folder / name)
-        return ["the seed's chaosfs-sidecar", "chaosfs-tikv"]
+        return ["Chaos Mesh v0.9's chaosfs-sidecar", "chaosfs-tikv"]
     for path in templates:
         configmap = {
             "apiVersion": "v1",

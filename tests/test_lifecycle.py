@@ -61,8 +61,8 @@ def test_version_and_help():
     assert done.returncode == 0 and "-mountpoint" in done.stdout
 
 
-def test_seed_style_flags_and_downward_api_env(make_sidecar):
-    # The seed's template: single dashes, -flag=value, -addr for its gRPC port,
+def test_chaos_mesh_style_flags_and_downward_api_env(make_sidecar):
+    # Chaos Mesh v0.9's template: single dashes, -flag=value, -addr for its gRPC port,
     # and the pod identity from POD_NAMESPACE/POD_NAME as the downward API sets them.
     sc = make_sidecar(start=False)
     sc.pod = "tikv/tikv-0"

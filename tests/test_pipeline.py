@@ -1,4 +1,4 @@
-"""The seed's whole template mechanism end to end: its ConfigMaps on disk, the
+"""Chaos Mesh v0.9's whole template mechanism end to end: its ConfigMaps on disk, the
 template-watcher (dir source), a real nats-server, and the injector over HTTPS."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def pipeline(tmp_path, nats_server):
     injector = Injector(tmp_path, nats_server.url)
     injector.start()
     injector.wait_ready()
-    # Ready means the snapshot was read; wait until it holds the seed's renderings.
+    # Ready means the snapshot was read; wait until it holds Chaos Mesh v0.9's renderings.
     wait_for(
         lambda: "patch" in admit(injector, tikv({f"{PREFIX}/request": "chaosfs-tikv"}))[1],
         what="the tikv rendering at the injector",
@@ -75,7 +75,7 @@ def pipeline(tmp_path, nats_server):
     watcher.stop()
 
 
-def test_tikv_pod_gets_what_the_seed_describes(pipeline):
+def test_tikv_pod_gets_what_chaos_mesh_v09_describes(pipeline):
     _, injector = pipeline
     pod, response = admit(injector, tikv({f"{PREFIX}/request": "chaosfs-tikv"}))
     assert response.get("warnings", []) == []

@@ -22,7 +22,7 @@ INIT = REPO / "scripts" / "init.sh"
 WAIT = REPO / "scripts" / "wait-fuse.sh"
 SHELL_NAMES = ("dash", "sh")
 
-# The seed's `./scripts/init.sh -h`, which init.sh prints first, word for word.
+# Chaos Mesh v0.9's `./scripts/init.sh -h`, which init.sh prints first, word for word.
 SEED_INIT_USAGE = """\
 USAGE: ./scripts/init.sh [-d data directory] [-f fuse directory]
 Used to do some preparation
@@ -135,7 +135,7 @@ def test_help_prints_usage_and_exits_0(shell: str) -> None:
         assert any(line.startswith(f"   {option}") for line in lines), option
     assert "(default /tmp/fuse/pid)" in wait.stdout
     assert "   wait-fuse.sh -f /tmp/fuse/pid -d 5 -r 60" in lines
-    assert "<host>" not in wait.stdout  # the seed's leftover from another script
+    assert "<host>" not in wait.stdout  # Chaos Mesh v0.9's leftover from another script
 
 
 INIT_USAGE_ERRORS = {

@@ -1,4 +1,4 @@
-"""chaos-template-watcher with a dir source, a real nats-server and the seed's ConfigMaps."""
+"""chaos-template-watcher with a dir source, a real nats-server and Chaos Mesh v0.9's ConfigMaps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Go-style command-line flags, as the seed's sidecar templates pass them.
+"""Go-style command-line flags, as Chaos Mesh v0.9's sidecar templates pass them.
 
 ``-name value``, ``-name=value``, ``--name value`` and ``--name=value`` are all
 accepted; boolean flags take no value. Errors raise ``FlagError`` with a

@@ -21,7 +21,7 @@ NAMESPACES_BUCKET = "NAMESPACES"
 RENDER_ERRORS_SUBJECT = f"{PREFIX}.templates.error"
 SCHEMA_VERSION = 1
 
-# The fields a rendered template may hold: the seed's five, plus what Chaos
+# The fields a rendered template may hold: Chaos Mesh v0.9's five, plus what Chaos
 # Mesh's injection configs also carry.
 SPEC_FIELDS = (
     "initContainers",

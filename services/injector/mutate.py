@@ -6,7 +6,7 @@ exist). Here the whole new pod is computed first and the patch then replaces or
 adds each changed top-level field as a whole, which is simple to reason about
 and exact: applying the patch to the pod the webhook saw yields the computed pod.
 
-The rules, beyond the seed's:
+The rules, beyond Chaos Mesh v0.9's:
 
 * injected containers and init containers get the spec's ``env`` and
   ``volumeMounts`` they lack (by name); one of the same name already in the pod

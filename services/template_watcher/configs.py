@@ -16,7 +16,7 @@ from chaosbus.injection import SPEC_FIELDS
 from chaosbus.yamlfast import load_strings, safe_load
 
 _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
-TEMPLATE_KEY = "data"  # the seed keeps a template under this key of its ConfigMap
+TEMPLATE_KEY = "data"  # Chaos Mesh v0.9 keeps a template under this key of its ConfigMap
 
 
 class ConfigError(ValueError):

@@ -27,7 +27,7 @@ from chaosbus.gotemplate import exec as gotemplate_exec
 
 GOLDEN = Path(__file__).parent / "gotemplate_fixtures" / "golden"
 CASES = sorted(p.name.removesuffix(".tmpl") for p in GOLDEN.glob("*.tmpl"))
-# The seed (Chaos Mesh v0.9.1's own files) lies beside the checkout when there is one.
+# Chaos Mesh v0.9.1's own files lie beside the checkout when there is one.
 SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "chaos-mesh-v0.9.1"
 TIKV_ARGS = {
     "ContainerName": "tikv",
@@ -68,10 +68,12 @@ def test_rendering_again_gives_the_same_and_leaves_args_alone():
     assert yaml.safe_dump(args) == before
 
 
-@pytest.mark.skipif(not SEED.is_dir(), reason="the seed is not beside this checkout")
+@pytest.mark.skipif(
+    not SEED.is_dir(), reason="Chaos Mesh v0.9.1's files are not beside this checkout"
+)
 @pytest.mark.parametrize("config", ["tikv", "pd"])
-def test_seed_template_renders_each_seed_config(config):
-    """The seed's own files, as Chaos Mesh read them, render as plain substitution."""
+def test_chaos_mesh_template_renders_each_of_its_configs(config):
+    """Chaos Mesh v0.9's own files, as it read them, render as plain substitution."""
     template_cm = yaml.safe_load((SEED / "chaosfs-sidecar.yaml").read_text())
     text = template_cm["data"]["data"]
     assert text == (GOLDEN / "chaosfs-sidecar.tmpl").read_text()
@@ -87,7 +89,7 @@ def test_seed_template_renders_each_seed_config(config):
     assert rendered["postStart"] == {config: {"command": ["/tmp/scripts/wait-fuse.sh"]}}
 
 
-def test_seed_golden_is_safe_yaml():
+def test_chaos_mesh_golden_is_safe_yaml():
     template, args, expected = golden("chaosfs-sidecar")
     assert args == TIKV_ARGS
     assert template.render_yaml(args) == expected
