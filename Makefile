@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 DEBIAN_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev shellcheck dash busybox
 
-.PHONY: setup system-deps test lint bench demo clean
+.PHONY: setup system-deps test test-unit lint bench demo clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -45,16 +45,41 @@ lock: system-deps
 	    -o requirements/$$extra.txt || exit 1; \
 	done
 
-
 lint: setup
 	$(VENV)/bin/ruff check libs services tests bench demo deploy
 	$(VENV)/bin/ruff format --check libs services tests bench demo deploy
 	$(VENV)/bin/mypy
 
-test: setup
+# Both tiers: the unit tier as nobody (test-unit), then the system tests as root.
+test: setup test-unit
 	$(VENV)/bin/ruff check libs services tests bench demo deploy
 	$(VENV)/bin/mypy
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest --ignore=tests/unit $(PYTEST_ARGS)
+
+# The unit tier as an unprivileged user (nobody, when make runs as root): no root, no
+# /dev/fuse, no nats-server, no network. It writes only into a scratch directory of its
+# own (HOME, TMPDIR, hypothesis's examples), never into the tree. When nobody cannot
+# enter the tree or reach the virtualenv's Python (a clone under /root, a pyenv
+# interpreter), it keeps the one capability to read and search directories
+# (CAP_DAC_READ_SEARCH): enough to read the code, no right to write or to open /dev/fuse.
+UNIT_PY := $(abspath $(PY))
+test-unit: setup
+	@scratch=$$(mktemp -d /tmp/chaosbus-unit.XXXXXX); trap 'rm -rf "$$scratch"' EXIT; \
+	as=(); \
+	if [ "$$(id -u)" = 0 ]; then \
+	  chown nobody "$$scratch"; \
+	  if runuser -u nobody -- "$(UNIT_PY)" -c 'import chaosbus, chaosfs, pytest; open("tests/unit/__init__.py")' 2>/dev/null; then \
+	    as=(runuser -u nobody --); \
+	  else \
+	    echo "test-unit: nobody cannot read $(CURDIR) or its Python; it may read and search directories, nothing more"; \
+	    as=(setpriv --reuid=nobody --regid="$$(id -g nobody)" --clear-groups --no-new-privs \
+	        --inh-caps=-all,+dac_read_search --ambient-caps=+dac_read_search \
+	        --bounding-set=-all,+dac_read_search --); \
+	  fi; \
+	fi; \
+	"$${as[@]}" env HOME="$$scratch" TMPDIR="$$scratch" PYTHONDONTWRITEBYTECODE=1 \
+	  HYPOTHESIS_STORAGE_DIRECTORY="$$scratch/hypothesis" \
+	  "$(UNIT_PY)" -m pytest tests/unit -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/fs_bench.py

@@ -1,10 +1,20 @@
-"""Real parts for every test: a nats-server on a free loopback port, chaosfs
-processes over real FUSE mounts, and the real chaosctl command."""
+"""Real parts for the system tests: a nats-server on a free loopback port, chaosfs
+processes over real FUSE mounts, and the real chaosctl command.
+
+Two tiers. tests/unit/ needs nothing but Python: it runs as an unprivileged user,
+without /dev/fuse, a nats-server or a network. Every other test is a system test:
+it needs root, /dev/fuse with fusermount3, and loopback networking; one that asks
+for a nats-server (the ``nats_server`` fixture) also needs the nats-server binary.
+A missing capability skips exactly the tests that need it, with the reason; it
+never stops the session, so the unit tier runs anywhere. The markers ``needs_root``,
+``needs_fuse``, ``needs_nats`` and ``needs_network`` say the same of a single test.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -12,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +90,7 @@ class NatsServer:
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    skip_unless("nats")
     server = NatsServer(tmp_path)
     server.start()
     yield server
@@ -219,8 +230,81 @@ def sidecar(make_sidecar) -> Sidecar:
     return make_sidecar()
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
-        raise pytest.UsageError("the tests need root and /dev/fuse (real FUSE mounts)")
+# --- capabilities: what a test needs from the machine -------------------------------
+
+
+def _missing_root() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (FUSE mounts with allow_other, tmpfs mounts, chown)"
+    return None
+
+
+def _missing_fuse() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "needs /dev/fuse (real FUSE mounts)"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "needs read-write access to /dev/fuse (real FUSE mounts)"
     if shutil.which("fusermount3") is None:
-        raise pytest.UsageError("fusermount3 is missing: run `make setup`")
+        return "needs fusermount3: run `make setup`"
+    return None
+
+
+def _missing_nats() -> str | None:
+    if not (BIN / "nats-server").exists() and shutil.which("nats-server") is None:
+        return "needs the nats-server binary: run `make setup`"
+    return None
+
+
+def _missing_network() -> str | None:
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+    except OSError as exc:
+        return f"needs loopback networking (cannot listen on 127.0.0.1: {exc})"
+    return None
+
+
+CAPABILITIES: dict[str, Callable[[], str | None]] = {
+    "root": _missing_root,
+    "fuse": _missing_fuse,
+    "nats": _missing_nats,
+    "network": _missing_network,
+}
+# What every test outside tests/unit needs: the session used to refuse to start without it.
+SYSTEM_NEEDS = ("root", "fuse", "network")
+UNIT_DIR = Path(__file__).parent / "unit"
+
+
+@functools.cache
+def missing(capability: str) -> str | None:
+    """Why this machine lacks ``capability`` (a key of CAPABILITIES), or None."""
+    return CAPABILITIES[capability]()
+
+
+def skip_unless(*capabilities: str) -> None:
+    """Skip the running test (or fixture) unless the machine has every capability."""
+    for capability in capabilities:
+        reason = missing(capability)
+        if reason is not None:
+            pytest.skip(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for capability in CAPABILITIES:
+        config.addinivalue_line(
+            "markers", f"needs_{capability}: skipped with the reason when the machine lacks it"
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        needs = {m.name.removeprefix("needs_") for m in item.iter_markers()}
+        needs &= CAPABILITIES.keys()
+        if UNIT_DIR not in item.path.parents:
+            needs.update(SYSTEM_NEEDS)
+        for capability in CAPABILITIES:  # root first: without it, /dev/fuse is refused too
+            reason = missing(capability) if capability in needs else None
+            if reason is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
+                break

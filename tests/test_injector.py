@@ -21,7 +21,8 @@ import jsonpatch
 import nats
 import pytest
 from hypothesis import HealthCheck, given, settings
-from test_injector_mutate import (
+from tls_helpers import serving_pair
+from unit.test_injector_mutate import (
     PREFIX,
     REQUEST,
     STATUS,
@@ -31,7 +32,6 @@ from test_injector_mutate import (
     tikv_pod,
     tikv_rendering,
 )
-from tls_helpers import serving_pair
 
 from chaosbus import codec
 from chaosbus.audit import STREAM as AUDIT_STREAM

@@ -12,8 +12,8 @@ import time
 import jsonpatch
 import pytest
 from test_injector import Injector
-from test_injector_mutate import tikv_pod
 from test_template_watcher import SEED, Watcher
+from unit.test_injector_mutate import tikv_pod
 
 from conftest import wait_for
 

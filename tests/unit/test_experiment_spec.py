@@ -27,7 +27,7 @@ from chaosbus.experiments.spec import (
 )
 from chaosbus.rules import FaultRule
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "experiments"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "experiments"
 
 
 def ts(text: str) -> float:

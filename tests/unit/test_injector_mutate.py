@@ -33,7 +33,7 @@ STATUS = f"{PREFIX}/status"
 REQUEST = f"{PREFIX}/request"
 WAIT = "/tmp/scripts/wait-fuse.sh"
 
-# The seed's chaosfs-sidecar template (Chaos Mesh v0.9.1) rendered by hand with
+# Chaos Mesh v0.9.1's chaosfs-sidecar template, rendered by hand with
 # the chaosfs-tikv config's arguments: DataPath /var/lib/tikv/data, MountPath
 # /var/lib/tikv, VolumeName tikv, ContainerName tikv.
 TIKV_SPEC: dict[str, Any] = {
@@ -149,7 +149,7 @@ def applied(pod: dict, patch: list[dict]) -> dict:
 
 
 def assert_tikv_injected(pod: dict) -> None:
-    """What the seed's template must do to the TiKV pod, checked on the result."""
+    """What Chaos Mesh v0.9's template must do to the TiKV pod, checked on the result."""
     spec = pod["spec"]
     assert [c["name"] for c in spec["initContainers"]] == ["inject-scripts"]
     init = spec["initContainers"][0]
@@ -192,7 +192,7 @@ def assert_tikv_injected(pod: dict) -> None:
 # --- the mutation ------------------------------------------------------------------
 
 
-def test_tikv_pod_gets_the_seed_sidecar() -> None:
+def test_tikv_pod_gets_the_chaos_mesh_v09_sidecar() -> None:
     pod = tikv_pod(annotations={REQUEST: "chaosfs-tikv"})
     mutation = mutate(pod, tikv_rendering(), PREFIX)
     assert mutation.warnings == []
