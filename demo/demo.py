@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # The throwaway certificate authority the tests use (tests/tls_helpers.py, trustme):
 # one implementation for the tests, the benches and this demo.
 sys.path.insert(0, str(ROOT / "tests"))
+from ports import free_port, nats_client_port  # noqa: E402
+
 PREFIX = "admission-webhook.chaos-mesh.org"
 NAMESPACE = "chaos-testing"
 EXPERIMENT = "tikv-io-errno"
@@ -66,12 +68,6 @@ spec:
     labelSelectors:
       app.kubernetes.io/component: tikv
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_shipped_configmaps(folder: Path) -> list[str]:
@@ -154,22 +150,24 @@ class Demo:
     # --- the parts ---------------------------------------------------------------------
 
     def start_nats(self) -> None:
-        port = free_port()
-        self.url = f"nats://127.0.0.1:{port}"
-        self.step(f"Starting nats-server with JetStream on {self.url}")
+        self.step("Starting nats-server with JetStream on a port it picks")
         self.spawn(
             "nats",
             str(BIN / "nats-server"),
             "-a",
             "127.0.0.1",
             "-p",
-            str(port),
+            "-1",
+            "--ports_file_dir",
+            str(self.work),
             "-js",
             "-sd",
             str(self.work / "jetstream"),
         )
+        port = nats_client_port(self.work, self.procs[-1])
+        self.url = f"nats://127.0.0.1:{port}"
         self.wait(lambda: _listening(port), 10, "nats-server")
-        self.check(True, "nats-server is listening")
+        self.check(True, f"nats-server is listening on {self.url}")
 
     def start_watcher(self) -> None:
         folder = self.work / "configmaps"

@@ -27,17 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ports import free_port, nats_client_port
 
 from chaosbus import codec
 from chaosbus.subjects import pod_command
 
+__all__ = ["free_port"]  # tests import it from here
+
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
@@ -54,18 +51,23 @@ class NatsServer:
     """A real nats-server; stop() and start() keep the port, as a restart would."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
+        self.port = 0  # chosen by the server at its first start (tests/ports.py)
         self.workdir = workdir
-        self.url = f"nats://127.0.0.1:{self.port}"
         self.config = workdir / "nats.conf"
         # A large max_payload so that oversized commands reach the sidecar,
         # which must answer them with an error rather than never see them.
         self.config.write_text(
-            f'listen: "127.0.0.1:{self.port}"\n'
+            'listen: "127.0.0.1:-1"\n'
+            f'ports_file_dir: "{workdir}"\n'
             "max_payload: 16MB\n"
             f'jetstream {{ store_dir: "{workdir / "js"}" }}\n'
         )
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.port, "the server picks its port when it first starts"
+        return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -73,6 +75,11 @@ class NatsServer:
             stdout=subprocess.DEVNULL,
             stderr=open(self.workdir / "nats.log", "ab"),  # noqa: SIM115
         )
+        if not self.port:
+            self.port = nats_client_port(self.workdir, self.proc)
+            # Later starts keep the port, as a restarted server would.
+            text = self.config.read_text()
+            self.config.write_text(text.replace("127.0.0.1:-1", f"127.0.0.1:{self.port}"))
 
         def up() -> bool:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
