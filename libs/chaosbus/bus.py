@@ -132,7 +132,10 @@ def add_bus_arguments(parser: argparse.ArgumentParser, *, suppress: bool = False
 
 
 def auth_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> BusAuth:
-    get = lambda name: getattr(args, f"nats_{name}", None)  # noqa: E731
+    def get(name: str) -> str | None:
+        value: str | None = getattr(args, f"nats_{name}", None)
+        return value
+
     given = {
         "user": get("user"),
         "password_file": get("password_file"),

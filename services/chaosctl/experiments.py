@@ -36,8 +36,9 @@ from nats.js.errors import (
 
 from chaosbus import codec
 from chaosbus.audit import STREAM, audit_subject, ensure_stream, make_event
+from chaosbus.experiments.errors import SpecError
 from chaosbus.experiments.manifests import MAX_DOCUMENT_BYTES, load_documents
-from chaosbus.experiments.spec import Experiment, SpecError, parse_manifest
+from chaosbus.experiments.spec import Experiment, parse_manifest
 from chaosbus.experiments.store import (
     MAX_ENTRY_BYTES,
     ExperimentStore,

@@ -44,8 +44,9 @@ from nats.aio.msg import Msg
 from chaosbus import codec, desired
 from chaosbus.audit import AuditLog
 from chaosbus.experiments.cron import Schedule
+from chaosbus.experiments.errors import SpecError
 from chaosbus.experiments.selection import choose
-from chaosbus.experiments.spec import Experiment, SpecError, parse_manifest
+from chaosbus.experiments.spec import Experiment, parse_manifest
 from chaosbus.experiments.store import (
     Condition,
     ExperimentStore,

@@ -63,7 +63,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from structlog.typing import FilteringBoundLogger
 
 from chaosbus.audit import AuditLog
-from chaosbus.experiments.spec import SpecError, parse_manifest
+from chaosbus.experiments.errors import SpecError
+from chaosbus.experiments.spec import parse_manifest
 from chaosbus.experiments.store import ExperimentStore, SpecEntry, StaleWrite, Status
 from template_watcher.kube_source import (
     PAGE_SIZE,
