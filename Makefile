@@ -3,7 +3,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-DEBIAN_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev shellcheck dash busybox
+# redis-server, sqlite3 and postgresql: the databases the crash-consistency tests run.
+DEBIAN_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev shellcheck dash busybox \
+	redis-server sqlite3 postgresql
 
 .PHONY: setup system-deps test test-unit lint bench demo clean
 

@@ -6,7 +6,7 @@ chaosfs...) share these: spawn a child with its stderr in a log file, find a
 free port and see when it is listened on, stop children with SIGTERM (SIGKILL
 past a timeout), turn SIGTERM to the bench into KeyboardInterrupt so the cleanup
 runs, and on a failure show the tail of every child's log. bus_bench and
-experiment_bench both start a fleet of mount-less agents (``chaosfs-agents``)
+experiment_bench both start a fleet of mount-less agents (``bench/agents.py``)
 over one nats-server: FleetStack, start_agents. Each bench reports how busy the
 rest of the machine was while it measured (OthersMeter).
 
@@ -327,6 +327,7 @@ def busy_note(others_percent: float) -> str:
 # --- a fleet of agents (bus_bench, experiment_bench) ----------------------------------------
 
 NAMESPACE = "bench"  # the fleet's
+AGENTS = Path(__file__).resolve().with_name("agents.py")  # the fleet's harness
 AGENTS_PER_PROCESS = 250  # the default split
 WATCHES_PER_AGENT = 2  # desired state: the fleet's entries and the pod's own
 COMMAND_TIMEOUT = 10.0  # chaosctl's --timeout, for every command of the bench
@@ -349,7 +350,7 @@ class Batch:
 
 @dataclass
 class FleetStack:
-    """A nats-server (JetStream in ``root``) and ``chaosfs-agents`` processes, each
+    """A nats-server (JetStream in ``root``) and agents processes (bench/agents.py), each
     logging into ``root``; more children may join ``procs``."""
 
     root: Path
@@ -358,6 +359,7 @@ class FleetStack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     agents: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # name: (ns, pods)
     nats_version: str = ""
+    agent_args: list[str] = field(default_factory=list)  # more flags for bench/agents.py
 
     @property
     def url(self) -> str:
@@ -389,13 +391,15 @@ class FleetStack:
             time.sleep(0.02)
 
     def start_agents(self, batch: Batch, namespace: str) -> None:
-        """Spawn one ``chaosfs-agents`` process."""
+        """Spawn one agents process (bench/agents.py)."""
         cmd = [
-            str(BIN / "chaosfs-agents"),
+            sys.executable,
+            str(AGENTS),
             *("--nats", self.url),
             *("--count", str(batch.count)),
             *("--namespace", namespace),
             *("--prefix", batch.prefix),
+            *self.agent_args,
         ]
         self.procs[batch.name] = spawn(cmd, self.log(batch.name), child_setup)
         self.agents[batch.name] = (namespace, [f"{batch.prefix}{i}" for i in range(batch.count)])

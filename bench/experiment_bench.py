@@ -2,7 +2,7 @@
 acknowledged, against the same rule sent by ``chaosctl fault broadcast``.
 
 Starts its own stack as bus_bench does (benchstack's FleetStack): a nats-server,
-N mount-less sidecars (``chaosfs-agents``) in P processes, then one
+N mount-less sidecars (``bench/agents.py``) in P processes, then one
 ``chaos-controller``, and waits until every agent is registered and the controller
 leads. Two cases, each in R rounds in which the experiment and the broadcast take
 turns going first:

@@ -8,6 +8,14 @@ durable, and writes it to the backing file then. Two workloads show the two ends
 * buffered: 1 MiB sequential writes, 256 MiB in all, one fsync at the end
   (a bulk load); lazy mode holds it all and writes it back in that fsync.
 
+A third workload prices lazy mode's directory journal: create a file, write 4 KiB,
+fsync it, its directory never fsynced (PostgreSQL's relation files, a mail queue).
+
+Beside lazy mode as it starts by default (the journal model, write-back after
+30 s), three variants show what its choices cost: the strict model
+(-lazy-metadata strict), no write-back timer (-lazy-expire 0), and an eager one
+(-lazy-expire 1s -lazy-flush-interval 100ms), each as a ratio to the default.
+
 Three targets, interleaved round by round so that drift hits all alike: native
 (a plain directory on the backing file system), chaosfs (a mount with no
 rules), chaosfs -lazy (another mount, same file system, lazy mode, default
@@ -71,10 +79,20 @@ class Sizes:
     fsyncs: int  # 4 KiB write + fdatasync pairs per round
     buffered_mib: int  # written in 1 MiB chunks, then one fsync
     repeats: int
+    creates: int = 1000  # files created, written and fsynced per round
 
 
-FULL = Sizes(fsyncs=2000, buffered_mib=256, repeats=3)
-QUICK = Sizes(fsyncs=200, buffered_mib=16, repeats=1)
+FULL = Sizes(fsyncs=2000, buffered_mib=256, repeats=3, creates=1000)
+QUICK = Sizes(fsyncs=200, buffered_mib=16, repeats=1, creates=100)
+
+# Lazy mode's variants: (target name, chaosfs flags), the default first.
+LAZY = "chaosfs -lazy"
+VARIANTS = (
+    (LAZY, ["-lazy"]),
+    ("lazy strict", ["-lazy", "-lazy-metadata", "strict"]),
+    ("lazy no timer", ["-lazy", "-lazy-expire", "0"]),
+    ("lazy timer 1s", ["-lazy", "-lazy-expire", "1s", "-lazy-flush-interval", "100ms"]),
+)
 
 
 @dataclass
@@ -133,6 +151,36 @@ def buffered(target: Target, sizes: Sizes) -> float:
     return sizes.buffered_mib / (time.perf_counter() - start)
 
 
+def create_fsync(target: Target, sizes: Sizes) -> float:
+    """files/s: create, write 4 KiB, fsync; the directory is never fsynced."""
+    top = target.root / "creates"
+    shutil.rmtree(top, ignore_errors=True)
+    top.mkdir()
+    sync_dir(target.root)
+    os.sync()
+    block = os.urandom(PAGE)
+    start = time.perf_counter()
+    for i in range(sizes.creates):
+        fd = os.open(top / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            write_all(fd, block, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(top)
+    sync_dir(target.root)  # durable removals: lazy mode empties its trash
+    return sizes.creates / elapsed
+
+
+def sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True)
 class Workload:
     key: str
@@ -144,6 +192,7 @@ class Workload:
 WORKLOADS = (
     Workload("fsync", "4 KiB write + fdatasync", "ops/s", fsync_heavy),
     Workload("buffered", "1 MiB writes, fsync at end", "MiB/s", buffered),
+    Workload("create", "create + 4 KiB + fsync", "files/s", create_fsync),
 )
 
 
@@ -153,7 +202,7 @@ WORKLOADS = (
 @dataclass
 class Mount:
     name: str  # also the pod name
-    lazy: bool
+    flags: list[str]
     root: Path
     proc: subprocess.Popen[bytes] | None = None
 
@@ -172,7 +221,7 @@ class Mount:
         log = self.root / f"{self.name}.log"
         cmd = [*chaosfs, "-original", str(self.original), "-mountpoint", str(self.mountpoint),
                "-pidfile", str(pidfile), "-pod", f"{NAMESPACE}/{self.name}", "-nats", nats_url,
-               *(["-lazy"] if self.lazy else [])]  # fmt: skip
+               *self.flags]  # fmt: skip
         self.proc = spawn(cmd, log, pinned(cpus))
         wait_for(lambda: pidfile.exists() or self.proc.poll() is not None, 20, self.name)
         if self.proc.poll() is not None:
@@ -203,16 +252,18 @@ class Bench:
         wait_for(lambda: port_open(self.port), 10, "nats-server to listen")
         native = self.root / "native"
         native.mkdir()
-        for name, lazy in (("plain", False), ("lazy", True)):
-            mount = Mount(name, lazy, self.root)
+        mounts = [("plain", "chaosfs", [])]
+        mounts += [(f"lazy{i}", target, flags) for i, (target, flags) in enumerate(VARIANTS)]
+        targets = [Target("native", native)]
+        for name, target, flags in mounts:
+            mount = Mount(name, flags, self.root)
             self.mounts.append(mount)
             mount.start(self.chaosfs, self.url, self.cpus)
-        status = self.status("lazy").get("lazy") or {}
+            targets.append(Target(target, mount.mountpoint))
+        status = self.status("lazy0").get("lazy") or {}
         if status.get("enabled") is not True:
             raise RuntimeError(f"chaosfs -lazy does not report lazy mode: {status}")
-        plain, lazy = self.mounts
-        return (Target("native", native), Target("chaosfs", plain.mountpoint),
-                Target("chaosfs -lazy", lazy.mountpoint))  # fmt: skip
+        return tuple(targets)
 
     def status(self, pod: str) -> dict[str, Any]:
         data = codec.encode({"op": "status"})
@@ -272,6 +323,18 @@ def report(best: dict[tuple[str, str], float], sizes: Sizes, lazy_stats: dict[st
     print(f"fsync-heavy: {sizes.fsyncs:,} x (pwrite 4 KiB at the end of the file, fdatasync).")
     print(f"buffered: {sizes.buffered_mib} MiB in 1 MiB pwrites into an emptied file, then one "
           "fsync; open to close.")  # fmt: skip
+    print(f"create: {sizes.creates:,} x (create, pwrite 4 KiB, fsync), directory never synced.")
+    print("\nlazy mode's choices, each beside the default (journal model, write-back after "
+          "30 s; 1.00x: the choice costs nothing):")  # fmt: skip
+    rows = [("workload", "unit", LAZY, *(f"{name}" for name, _ in VARIANTS[1:]))]
+    for w in WORKLOADS:
+        base = best.get((w.key, LAZY))
+        cells = [f"{fmt_rate(best.get((w.key, n)))} ({ratio(best.get((w.key, n)), base)})"
+                 for n, _ in VARIANTS[1:]]  # fmt: skip
+        rows.append((w.label, w.unit, fmt_rate(base), *cells))
+    print_table(rows)
+    print("lazy strict / lazy: what the journal model costs (its commit on each fsync); lazy "
+          "no timer and lazy timer 1s: what write-back by age costs.")  # fmt: skip
     print("lazy mode's own counters: " + ", ".join(f"{k} {v:,}" for k, v in lazy_stats.items()))
 
 
@@ -292,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sizes = QUICK if args.quick else FULL
     if args.repeats:
-        sizes = Sizes(sizes.fsyncs, sizes.buffered_mib, args.repeats)
+        sizes = Sizes(sizes.fsyncs, sizes.buffered_mib, args.repeats, sizes.creates)
     chaosfs = args.chaosfs.split() if args.chaosfs else [local_bin("chaosfs")]
     own_cpus, chaosfs_cpus = placement_cpus(args.placement)
     started = time.perf_counter()
@@ -307,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{platform.python_version()}; placement {args.placement}; data under "
               f"{bench.root}\n")  # fmt: skip
         best = run(targets, sizes)
-        lazy_stats = bench.status("lazy")["lazy"]["stats"]
+        lazy_stats = bench.status("lazy0")["lazy"]["stats"]
     report(best, sizes, lazy_stats)
     print(f"\ntotal {time.perf_counter() - started:.0f}s")
     return 0

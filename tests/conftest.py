@@ -35,6 +35,8 @@ from chaosbus.subjects import pod_command
 __all__ = ["free_port"]  # tests import it from here
 
 BIN = Path(sys.executable).parent
+# The bench's harness of mount-less sidecars (bench/agents.py; not something chaosbus ships).
+AGENTS_CMD = (sys.executable, str(Path(__file__).resolve().parent.parent / "bench" / "agents.py"))
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):

@@ -36,7 +36,7 @@ from tls_helpers import CA
 
 from chaosbus import codec, desired, registry
 from chaosbus.audit import ensure_stream
-from chaosbus.bus import BusAuth
+from chaosbus.bus import BusAuth, pod_inbox_prefix
 from chaosbus.kv import open_bucket
 from chaosbus.subjects import FLEET_COMMAND, pod_command, pod_event
 from conftest import BIN, Sidecar, free_port, wait_for
@@ -111,11 +111,13 @@ class CalloutBus:
             user=role, password_file=str(self.password_file(role)), ca=str(self.ca.cert_path)
         ).options()
 
-    def pod(self, token: str) -> dict[str, Any]:
-        """What chaosfs passes to nats.connect given NATS_TOKEN and NATS_CA."""
-        return BusAuth.resolve(
+    def pod(self, token: str, pod: str = "a/db-0") -> dict[str, Any]:
+        """What chaosfs passes to nats.connect given NATS_TOKEN and NATS_CA: its replies
+        under its pod's own inbox prefix."""
+        options = BusAuth.resolve(
             {}, {"NATS_TOKEN": token, "NATS_CA": str(self.ca.cert_path)}
         ).options()
+        return {**options, "inbox_prefix": pod_inbox_prefix(*pod.split("/"))}
 
 
 def chaos_auth() -> tuple[list[str], dict[str, str]]:
@@ -240,8 +242,8 @@ async def _make_buckets(bus: CalloutBus) -> None:
 class PodClient:
     """A pod's connection, recording what the server refuses."""
 
-    def __init__(self, bus: CalloutBus, token: str) -> None:
-        self.bus, self.token = bus, token
+    def __init__(self, bus: CalloutBus, token: str, pod: str = "a/db-0") -> None:
+        self.bus, self.token, self.pod = bus, token, pod
         self.errors: list[str] = []
         self.closed = asyncio.Event()
         self.nc: Client = None  # type: ignore[assignment]
@@ -259,7 +261,7 @@ class PodClient:
             error_cb=on_error,
             closed_cb=on_closed,
             allow_reconnect=False,
-            **self.bus.pod(self.token),
+            **self.bus.pod(self.token, self.pod),
         )
         return self
 
@@ -446,6 +448,33 @@ def test_pod_reads_its_desired_state_and_the_fleets_only(stack: Stack) -> None:
     asyncio.run(probe())
 
 
+def test_pod_reads_its_own_inbox_and_registry_entry_only(stack: Stack) -> None:
+    """Replies and consumer deliveries come to a pod under its own inbox prefix, which no
+    other pod may listen on; its registry entry (the counters it left) is its own too."""
+    other = pod_inbox_prefix("a", "db-0")
+
+    async def read_entry(nc: Client, key: str) -> None:
+        await nc.jetstream(timeout=1.0).subscribe(
+            f"$KV.{registry.BUCKET}.{key}",
+            stream=f"KV_{registry.BUCKET}",
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            config=ConsumerConfig(name="r" + secrets.token_hex(8)),
+        )
+
+    async def probe() -> None:
+        async with PodClient(stack.bus, stack.token("db-1"), "a/db-1") as pod:
+            for subject in (f"{other}.>", "_INBOX.>", "_INBOX_operator.>", "_INBOX_chaosfs.>"):
+                await pod.nc.subscribe(subject)
+                await pod.refused("subscription", f'"{subject}"')
+            await read_entry(pod.nc, registry.key("a", "db-1"))  # answered on its own inbox
+            with pytest.raises(nats.errors.TimeoutError):
+                await read_entry(pod.nc, registry.key("a", "db-0"))
+            await pod.refused("$js.api.consumer.create.kv_sidecars.", "$kv.sidecars.a.db-0")
+
+    asyncio.run(probe())
+
+
 # --- who is let in -----------------------------------------------------------------------
 
 
@@ -622,15 +651,6 @@ def test_real_chaosfs_connects_with_its_pods_token(stack: Stack, tmp_path: Path)
         sidecar.cleanup()
 
 
-# What chaosfs still needs to work fully under the callout: the diffs in the callout
-# report (a named consumer for its desired state, audit events under its pod, a token
-# read from its file at every connect). Remove the marks once they are applied.
-NEEDS_CHAOSFS_CHANGES = pytest.mark.xfail(
-    strict=True, reason="chaosfs diffs of the auth-callout report not applied yet"
-)
-
-
-@NEEDS_CHAOSFS_CHANGES
 def test_real_chaosfs_follows_its_desired_state_and_audits_as_its_pod(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -682,13 +702,10 @@ def test_real_chaosfs_follows_its_desired_state_and_audits_as_its_pod(
     finally:
         sidecar.cleanup()
     log = stack.bus.log.read_text(errors="replace")
-    violations = [v for v in log.splitlines() if "chaosfs a/db-0" in v and "Violation" in v]
-    # Reading its old counters back (STREAM.MSG.GET, the subject in the body) is refused
-    # under nats.conf too; every other call chaosfs makes is allowed.
-    assert [v for v in violations if "STREAM.MSG.GET.KV_SIDECARS" not in v] == []
+    # Every call chaosfs makes is one its pod's permissions allow.
+    assert [v for v in log.splitlines() if "chaosfs a/db-0" in v and "Violation" in v] == []
 
 
-@NEEDS_CHAOSFS_CHANGES
 def test_real_chaosfs_comes_back_with_the_renewed_token(stack: Stack, tmp_path: Path) -> None:
     """The kubelet renews a projected token in place (NATS_TOKEN_FILE); after a server
     restart chaosfs must come back with the file's current token, not the expired one."""

@@ -121,7 +121,7 @@ USAGE = [
         ["torn-write", "--pod", "a/b", "--seed", "1", "--keep", "10"],
         "chaosctl: torn-write takes --seed or --keep, not both",
     ),
-    (["torn-write", "--fleet"], "chaosctl: torn-write needs --seed S (a random cut) or --keep"),
+    (["torn-write", "--fleet"], "chaosctl: torn-write needs --seed S (a random cut), --keep"),
     (["torn-write", "--pod", "a/b", "--keep", "1", "--align", "3"], "align must be a power of two"),
     (["torn-write", "--pod", "a/b", "--seed", "1", "--align", "2MiB"], "from 1 to 1048576"),
     (["torn-write", "--pod", "a/b", "--seed", "x" * 300], "seed string must be 1-256"),

@@ -55,7 +55,7 @@ from chaosbus.fleet import broadcast
 from chaosbus.injection import NAMESPACES_BUCKET, RENDERINGS_BUCKET
 from chaosbus.kv import REPLICAS_ENV, contents, open_bucket
 from chaosbus.subjects import pod_command
-from conftest import BIN, Sidecar, free_port, wait_for
+from conftest import AGENTS_CMD, BIN, Sidecar, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 NATS_CONF = ROOT / "deploy" / "nats" / "nats.conf"
@@ -719,7 +719,7 @@ def test_killing_the_leaders_under_load_loses_nothing(cluster: Cluster, tmp_path
         mounted.start()
         agents = subprocess.Popen(
             [
-                str(BIN / "chaosfs-agents"),
+                *AGENTS_CMD,
                 "--count",
                 str(AGENTS),
                 "--namespace",

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import BIN, chaosctl, wait_for
+from conftest import AGENTS_CMD, BIN, chaosctl, wait_for
 
 
 def ctl_json(url: str, *args: str) -> tuple[int, object]:
@@ -499,7 +499,7 @@ def test_three_sidecars_and_200_agents_broadcast_by_namespace(make_sidecar, nats
     agents = [
         subprocess.Popen(
             [
-                str(BIN / "chaosfs-agents"),
+                *AGENTS_CMD,
                 "--nats",
                 url,
                 "--count",

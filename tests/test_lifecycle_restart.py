@@ -25,7 +25,7 @@ import pytest
 
 from chaosbus import codec, desired, registry
 from chaosbus.kv import open_bucket
-from conftest import BIN, Sidecar, chaosctl, free_port, wait_for
+from conftest import AGENTS_CMD, BIN, Sidecar, chaosctl, free_port, wait_for
 
 MiB = 1 << 20
 FAILURE_TEXTS = ("Traceback", "Task was destroyed", "Event loop is closed")
@@ -497,7 +497,7 @@ def test_chaosfs_agents_stop_cleanly_after_rules(nats_server, tmp_path):
     with open(log, "wb") as stderr:
         agents = subprocess.Popen(
             [
-                str(BIN / "chaosfs-agents"),
+                *AGENTS_CMD,
                 "--nats",
                 url,
                 "--count",

@@ -19,6 +19,7 @@ import resource
 import shutil
 import socket
 import stat
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -117,13 +118,22 @@ def as_user(cwd: Path, fn: Callable[[], Any], uid: int = USER, gid: int = USER,
     return result[1]
 
 
+# chaosfs's flags for each kind of mount: plain, and lazy with each model of what a
+# power cut keeps of directory operations (the model must change nothing else).
+MODES = {
+    "passthrough": [],
+    "lazy": ["-lazy"],  # the journal model, the default
+    "lazy-strict": ["-lazy", "-lazy-metadata", "strict"],
+}
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    # Every test runs on a plain and on a lazy mount, but those that look at the
+    # Every test runs on a plain and on lazy mounts, but those that look at the
     # backing directory only on the plain one: lazy mode keeps what was not
     # synced out of it, on purpose.
     if "fs" in metafunc.fixturenames:
         backing = metafunc.definition.get_closest_marker("backing") is not None
-        modes = ["passthrough"] if backing else ["passthrough", "lazy"]
+        modes = ["passthrough"] if backing else list(MODES)
         metafunc.parametrize("fs", modes, indirect=True)
 
 
@@ -132,7 +142,7 @@ def fs(make_sidecar, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A sidecar (no fault rules, so no need to wait for the bus), checked
     afterwards to still be alive and answering. Lazy mode must be just as
     good a file system: only a power cut may tell it apart."""
-    sidecar = make_sidecar(bus=False, extra=["-lazy"] if request.param == "lazy" else [])
+    sidecar = make_sidecar(bus=False, extra=MODES[request.param])
     yield sidecar
     assert sidecar.proc is not None and sidecar.proc.poll() is None, (
         f"chaosfs died; log: {sidecar.log.read_text(errors='replace')[-3000:]}"
@@ -487,7 +497,15 @@ def test_o_append_o_trunc_and_sparse_files(fs, native):
         data = f.read()
     assert data[: 10 << 20] == bytes(10 << 20)
     assert data[10 << 20 :] == b"end"
-    assert os.stat(fs.original / "sparse").st_blocks == st.st_blocks
+    # The blocks a native file system shows for the same file, synced or not (lazy
+    # mode shows what delayed allocation reserved; its backing file is still empty).
+    native_sparse = native / "sparse"
+    with open(native_sparse, "wb") as f:
+        f.seek(10 << 20)
+        f.write(b"end")
+    assert os.stat(native_sparse).st_blocks == st.st_blocks
+    if "-lazy" not in fs.extra:
+        assert os.stat(fs.original / "sparse").st_blocks == st.st_blocks
 
 
 @pytest.mark.backing
@@ -1140,3 +1158,196 @@ def test_errors_never_kill_the_mount(fs):
     assert errno_of(os.listdir, path) == errno.ENOTDIR
     assert errno_of(os.readlink, fs.mountpoint) == errno.EINVAL
     assert path.read_bytes() == b"x"
+
+
+# --- what a page cache shows: times, blocks, links, errors at the call --------------
+#
+# Lazy mode holds unsynced data in chaosfs's memory, as a kernel's page cache holds
+# it; what a program sees must not tell the two apart. Each test does the same on
+# the native file system and compares.
+
+TICK = 0.02  # longer than a file system clock tick (4 ms at HZ=250)
+
+
+def _times(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_ctime_ns
+
+
+def _changes(path: Path, fd: int) -> list[tuple[str, Callable[[], object]]]:
+    return [
+        ("write", lambda: os.pwrite(fd, b"y", 10)),
+        ("ftruncate down", lambda: os.ftruncate(fd, 50)),
+        ("ftruncate up", lambda: os.ftruncate(fd, 5000)),
+        ("truncate", lambda: os.truncate(path, 60)),
+        ("open O_TRUNC", lambda: os.close(os.open(path, os.O_WRONLY | os.O_TRUNC))),
+        ("append", lambda: os.write(fd, b"z")),
+    ]
+
+
+def test_writes_and_truncates_change_mtime_and_ctime_at_the_call(fs, native):
+    for base in (fs.mountpoint, native):
+        path = base / "f"
+        path.write_bytes(b"x" * 100)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            for what, change in _changes(path, fd):
+                before = _times(path)
+                time.sleep(TICK)
+                change()
+                after = _times(path)
+                assert after[0] > before[0], (base, what, "mtime")
+                assert after[1] > before[1], (base, what, "ctime")
+                assert after[1] >= after[0], (base, what)
+        finally:
+            os.close(fd)
+
+
+def test_fsync_changes_no_time(fs, native):
+    for base in (fs.mountpoint, native):
+        path = base / "f"
+        with open(path, "wb") as f:
+            f.write(b"data" * 5000)
+            f.flush()
+            before = os.stat(path)
+            time.sleep(TICK)
+            os.fsync(f.fileno())
+        after = os.stat(path)
+        assert (after.st_mtime_ns, after.st_ctime_ns) == (before.st_mtime_ns, before.st_ctime_ns)
+        assert after.st_size == 20000
+
+
+def test_a_time_set_after_unsynced_writes_survives_the_write_back(fs, native):
+    # touch -d, cp -p, tar and rsync -t set mtime after writing; an fsync (or a
+    # write-back) must not replace it with its own time.
+    for base in (fs.mountpoint, native):
+        path = base / "f"
+        with open(path, "wb") as f:
+            f.write(b"data" * 1000)
+            f.flush()
+            os.utime(path, ns=(1_000_000_000, 2_000_000_000))
+            ctime = os.stat(path).st_ctime_ns
+            time.sleep(TICK)
+            os.fsync(f.fileno())
+        st = os.stat(path)
+        assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_000, 2_000_000_000), base
+        assert st.st_ctime_ns == ctime, base
+        if base == fs.mountpoint:  # the disk has it too (lazy mode wrote it back)
+            assert os.stat(fs.original / "f").st_mtime_ns == 2_000_000_000
+        # And a write after it is a new change again.
+        with open(path, "ab") as f:
+            f.write(b"more")
+        assert os.stat(path).st_mtime_ns > 2_000_000_000
+
+
+def test_blocks_count_unsynced_data(fs, native):
+    shown = {}
+    for base in (fs.mountpoint, native):
+        (base / "synced").write_bytes(b"s" * 100_000)
+        fd = os.open(base / "synced", os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        (base / "fresh").write_bytes(b"f" * 100_000)  # never synced
+        with open(base / "synced", "wb") as f:  # O_TRUNC, then half as much, unsynced
+            f.write(b"n" * 50_000)
+        shown[base] = (os.stat(base / "fresh").st_blocks, os.stat(base / "synced").st_blocks)
+    assert shown[fs.mountpoint] == shown[native]
+    assert shown[native][0] * 512 >= 100_000
+
+
+def test_the_mount_root_counts_only_the_programs_directories(fs, native):
+    for base in (fs.mountpoint, native):
+        os.mkdir(base / "a")
+        os.mkdir(base / "b")
+    assert os.stat(fs.mountpoint).st_nlink == os.stat(native).st_nlink
+    os.rmdir(fs.path("b"))
+    os.rmdir(native / "b")
+    assert os.stat(fs.mountpoint).st_nlink == os.stat(native).st_nlink
+
+
+def test_a_size_past_the_largest_file_fails_at_the_call(fs, native):
+    huge = 1 << 62  # past ext4's 16 TiB; a file system that allows it allows it natively too
+    results = {}
+    for base in (fs.mountpoint, native):
+        path = base / "f"
+        path.write_bytes(b"x")
+        fd = os.open(path, os.O_RDWR)
+        try:
+            results[base] = (
+                errno_of(os.truncate, path, huge),
+                errno_of(os.ftruncate, fd, huge),
+                errno_of(os.pwrite, fd, b"y", huge),
+                errno_of(os.fsync, fd),  # nothing was left to fail later
+            )
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == b"x" or os.stat(path).st_size == huge
+    assert results[fs.mountpoint] == results[native]
+
+
+def test_lazy_mode_bookkeeping_is_invisible_and_its_trash_emptied(fs):
+    trash = ".chaosfs-trash"
+    assert os.listdir(fs.mountpoint) == []
+    assert errno_of(os.stat, fs.path(trash)) == errno.ENOENT
+    for i in range(100):
+        fs.path(f"f{i}").write_bytes(b"x")
+    os.mkdir(fs.path("d"))
+    for i in range(100):
+        os.unlink(fs.path(f"f{i}"))
+    os.rmdir(fs.path("d"))
+    assert os.listdir(fs.mountpoint) == []
+    assert errno_of(os.rename, fs.path("nothing"), fs.path(trash)) == errno.ENOENT
+    fd = os.open(fs.mountpoint, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the removals are durable: nothing left to bring back
+    finally:
+        os.close(fd)
+    if "-lazy" in fs.extra:
+        assert os.listdir(fs.original / trash) == []
+
+
+@contextlib.contextmanager
+def small_file_system(where: Path, size: str = "2m") -> Iterator[Path]:
+    """A real tmpfs of ``size`` mounted at ``where``, unmounted afterwards."""
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "chaosfs-test", str(where)],
+                   check=True)  # fmt: skip
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(path: Path) -> tuple[int, int]:
+    """Write 64 KiB at a time until the file system says no: (bytes written, errno)."""
+    written = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while written < 64 << 20:
+            try:
+                written += os.write(fd, b"z" * (64 << 10))
+            except OSError as exc:
+                return written, exc.errno
+    finally:
+        os.close(fd)
+    return written, 0
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_out_of_space_is_told_at_the_write(make_sidecar, tmp_path, mode):
+    sidecar = make_sidecar(bus=False, start=False, extra=MODES[mode])
+    with small_file_system(sidecar.original), small_file_system(tmp_path / "small-native"):
+        sidecar.start(bus=False)
+        try:
+            above = _fill(sidecar.path("big"))
+            native = _fill(tmp_path / "small-native" / "big")
+            # At the write, as natively: not later at fsync or a write-back.
+            assert above[1] == native[1] == errno.ENOSPC, (above, native)
+            assert abs(above[0] - native[0]) <= 128 << 10, (above, native)
+            assert sidecar.path("big").stat().st_size == above[0]
+            # Freeing the space makes room again, without a directory fsync.
+            os.unlink(sidecar.path("big"))
+            wait_for(lambda: _fill(sidecar.path("again"))[0] >= native[0] - (128 << 10),
+                     what="the space of the deleted file")  # fmt: skip
+        finally:
+            sidecar.stop()

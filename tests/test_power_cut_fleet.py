@@ -83,3 +83,18 @@ def test_power_cut_by_namespace_hits_only_the_matching_pods(make_sidecar, nats_s
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
+
+
+def test_a_fleet_cut_that_leaves_a_process_alive_exits_1(make_sidecar, nats_server):
+    sc = make_sidecar(pod="web/api-0", extra=["-lazy"])
+    proc = writer(sc.mountpoint)
+    try:
+        done = chaosctl(nats_server.url, "fault", "power-cut", "--fleet", "--signal", "STOP",
+                        "--json")  # fmt: skip
+        assert done.returncode == 1, done.stdout + done.stderr
+        result = json.loads(done.stdout)
+        assert result["acked"] == ["web/api-0"] and result["errors"] == []
+        assert [p["pid"] for p in result["results"]["web/api-0"]["survivors"]] == [proc.pid]
+    finally:
+        proc.kill()
+        proc.wait(5)

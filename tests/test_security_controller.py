@@ -14,6 +14,7 @@ fake an experiment.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import secrets
 import subprocess
@@ -24,7 +25,7 @@ from typing import Any
 
 import pytest
 from controller_helpers import Controller, io_chaos
-from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RePublish, StreamConfig
 from test_security import POD, Probe, SecureBus, SecureSidecar
 from test_security import sidecar as sidecar  # fixture, set up on this module's bus
 from test_security import watcher as watcher  # fixture, likewise
@@ -35,7 +36,7 @@ from chaosbus.audit import audit_subject, make_event
 from chaosbus.experiments.store import LEASE, SPECS, STATUS, SpecEntry, key_of
 from chaosbus.injection import NAMESPACES_BUCKET, RENDERINGS_BUCKET
 from chaosbus.registry import BUCKET as REGISTRY_BUCKET
-from chaosbus.subjects import pod_command
+from chaosbus.subjects import FLEET_COMMAND, pod_command
 from conftest import wait_for
 
 EXPERIMENT = "a/eio"
@@ -284,18 +285,32 @@ def test_operator_cannot_write_an_experiments_status_or_the_lease(
     assert "a/x" not in [r["experiment"] for r in bus.ctl_json("experiments")]
 
 
-# --- a known hole: consumers deliver where their creator says --------------------------------
+# --- consumers and republish deliver where their creator says --------------------------------
+#
+# nats-server 2.15 does not check a push consumer's deliver subject, nor a stream's
+# republish destination, against the permissions of whoever set them: a role that may
+# write a bucket and create consumers on it (or change its stream) can put what it
+# wrote onto a pod's command subject. chaosfs refuses what the server delivers from a
+# stream there (deploy/nats/README.md, Limits).
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="nats-server 2.15 does not check a push consumer's deliver subject against its "
-    "creator's permissions, and chaosfs takes what a consumer delivers on its command "
-    "subscription for a command (deploy/nats/README.md, Limits)",
-)
+async def _next_refusal(events: Any, stored_prefix: str, timeout: float = 10) -> dict[str, Any]:
+    """The sidecar's next audit event about a subject under ``stored_prefix``; a timeout
+    here is a real failure (a refusal must be audited, not silent)."""
+    while True:
+        event = codec.decode((await events.next_msg(timeout=timeout)).data)
+        if str(event.get("subject", "")).startswith(stored_prefix) or "mallory" in str(
+            event.get("actor")
+        ):
+            return event
+
+
 @pytest.mark.parametrize(
-    ("role", "bucket"), [("controller", STATUS), ("template-watcher", NAMESPACES_BUCKET)]
+    ("role", "bucket", "ack"),
+    [
+        ("controller", STATUS, AckPolicy.EXPLICIT),
+        ("template-watcher", NAMESPACES_BUCKET, AckPolicy.NONE),
+    ],
 )
 def test_a_role_cannot_deliver_a_bucket_onto_a_pods_command_subject(
     bus: SecureBus,
@@ -303,6 +318,7 @@ def test_a_role_cannot_deliver_a_bucket_onto_a_pods_command_subject(
     controller: Controller,
     role: str,
     bucket: str,
+    ack: AckPolicy,
 ) -> None:
     """A role that may write a bucket and read it may not thereby send a command to a
     pod: what a consumer delivers on a command subject is not a command."""
@@ -310,33 +326,171 @@ def test_a_role_cannot_deliver_a_bucket_onto_a_pods_command_subject(
     rule = {"id": f"evil-{role}", "action": "errno", "errno": "EIO"}
     stored = f"$KV.{bucket}.evil.{uuid.uuid4().hex}"
 
-    async def attempt() -> dict[str, Any]:
+    async def attempt() -> tuple[dict[str, Any], Any]:
         async with Probe(bus, "operator") as watch, Probe(bus, role) as p:
             events = await watch.nc.subscribe("chaosbus.audit.chaosfs.>")
             await watch.nc.flush()
             js = p.nc.jetstream(timeout=2.0)
             command = {"op": "set", "rules": [rule], "actor": actor}
             await js.publish(stored, codec.encode(command))
-            await js.add_consumer(
+            consumer = await js.add_consumer(
                 f"KV_{bucket}",
                 ConsumerConfig(
                     deliver_subject=pod_command(NS, NAME),
                     filter_subject=stored,
                     deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                    ack_policy=ack,
+                    ack_wait=0.5,
                 ),
             )
-            # The sidecar's answer to it, set or rejected, is in its audit trail (a
-            # timeout here is a real failure: a refusal must be audited, not silent).
-            while True:
-                msg = await events.next_msg(timeout=10)
-                event = codec.decode(msg.data)
-                # Refused or not, the event names the claimed actor or the stored subject.
-                if event.get("actor") == actor or event.get("subject") == stored:
-                    return event
+            event = await _next_refusal(events, stored)
+            # Terminated rather than left to be delivered again every ack_wait.
+            info = await wait_async(
+                lambda: js.consumer_info(f"KV_{bucket}", consumer.name),
+                lambda i: i.num_ack_pending == 0,
+            )
+            return event, info
 
     try:
-        event = asyncio.run(attempt())
-        assert event["kind"] == "rule.rejected", event
+        event, info = asyncio.run(attempt())
+        assert event["kind"] == "command.refused", event
+        assert event["reason"] == "delivered by a JetStream consumer"
+        assert (event["stream"], event["subject"]) == (f"KV_{bucket}", stored)
+        assert event["via"] == pod_command(NS, NAME)
+        assert event["actor"] == "unknown"  # the body's claims are not read
+        assert event["count"] == 1
+        assert info.num_redelivered == 0 and info.delivered.consumer_seq == 1
         assert rule["id"] not in sidecar.rule_ids()
     finally:
         sidecar.request({"op": "recover", "id": rule["id"], "actor": "test cleanup"})
+
+
+def test_a_republished_bucket_entry_is_not_a_fleet_command(
+    bus: SecureBus, sidecar: SecureSidecar
+) -> None:
+    """The template-watcher may change its own buckets' streams, republish included,
+    and the server sends a republished message wherever the stream says."""
+    rule = {"id": "evil-republish", "action": "errno", "errno": "EIO"}
+    stored = f"$KV.{RENDERINGS_BUCKET}.evil.{uuid.uuid4().hex}"
+    stream = f"KV_{RENDERINGS_BUCKET}"
+
+    async def attempt() -> dict[str, Any]:
+        async with Probe(bus, "operator") as watch, Probe(bus, "template-watcher") as p:
+            events = await watch.nc.subscribe("chaosbus.audit.chaosfs.>")
+            await watch.nc.flush()
+            js = p.nc.jetstream(timeout=2.0)
+            before = (await js.stream_info(stream)).config
+            changed = copy.deepcopy(before)
+            changed.republish = RePublish(src=stored, dest=FLEET_COMMAND)
+            await js.update_stream(changed)
+            try:
+                command = {"op": "set", "rules": [rule], "actor": "mallory"}
+                await js.publish(stored, codec.encode(command))
+                return await _next_refusal(events, FLEET_COMMAND)
+            finally:
+                await js.update_stream(before)
+
+    try:
+        event = asyncio.run(attempt())
+        assert event["kind"] == "command.refused", event
+        assert event["reason"] == "republished from a JetStream stream"
+        assert (event["stream"], event["stored_subject"]) == (stream, stored)
+        assert rule["id"] not in sidecar.rule_ids()
+    finally:
+        sidecar.request({"op": "recover", "id": rule["id"], "actor": "test cleanup"})
+
+
+def test_a_flood_of_deliveries_is_counted_but_audited_once_a_second(
+    bus: SecureBus, sidecar: SecureSidecar, controller: Controller
+) -> None:
+    """Every refusal is logged and counted, but the audit trail gets at most one event a
+    second, saying how many refusals it stands for: a flood costs the trail next to
+    nothing, and none goes unrecorded."""
+    prefix = f"$KV.{STATUS}.flood.{uuid.uuid4().hex}"
+    flood = 40
+
+    async def attempt() -> list[dict[str, Any]]:
+        async with Probe(bus, "operator") as watch, Probe(bus, "controller") as p:
+            events = await watch.nc.subscribe("chaosbus.audit.chaosfs.>")
+            await watch.nc.flush()
+            js = p.nc.jetstream(timeout=2.0)
+            for i in range(flood):
+                await js.publish(f"{prefix}.{i}", codec.encode({"op": "ping"}))
+            await js.add_consumer(
+                f"KV_{STATUS}",
+                ConsumerConfig(
+                    deliver_subject=pod_command(NS, NAME),
+                    filter_subject=f"{prefix}.>",
+                    ack_policy=AckPolicy.NONE,
+                ),
+            )
+            audited: list[dict[str, Any]] = []
+            while sum(e["count"] for e in audited) < flood:
+                audited.append(await _next_refusal(events, prefix))
+            return audited
+
+    audited = asyncio.run(attempt())
+    assert {e["kind"] for e in audited} == {"command.refused"}
+    assert sum(e["count"] for e in audited) == flood
+    assert len(audited) <= 2, [e["count"] for e in audited]
+    if len(audited) == 2:
+        assert audited[0]["count"] == 1  # the first at once, the rest a second later
+        assert audited[1]["time"] - audited[0]["time"] >= 0.9
+    log = [json.loads(line) for line in sidecar.log.read_text().splitlines() if "{" in line[:1]]
+    refusals = [r for r in log if r.get("event") == "command_refused"]
+    assert {r["reason"] for r in refusals} >= {"delivered by a JetStream consumer"}
+    assert sidecar.request({"op": "ping"})["ok"] is True
+
+
+async def wait_async(get: Any, done: Any, timeout: float = 5.0) -> Any:
+    """Poll ``get()`` until ``done(result)``; the last result either way."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await get()
+        if done(result) or asyncio.get_running_loop().time() > deadline:
+            return result
+        await asyncio.sleep(0.05)
+
+
+def test_a_republished_bucket_entry_is_not_desired_state(
+    bus: SecureBus, sidecar: SecureSidecar
+) -> None:
+    """The same republish, into a pod's desired state: the server stores it in
+    KV_DESIRED (no permission is checked), and chaosfs skips it as it would any
+    entry nobody allowed to write desired state wrote."""
+    rule = {"id": "evil-desired", "action": "errno", "errno": "EIO"}
+    stored = f"$KV.{RENDERINGS_BUCKET}.evil.{uuid.uuid4().hex}"
+    stream = f"KV_{RENDERINGS_BUCKET}"
+    target = f"$KV.DESIRED.{desired.pod_key(NS, NAME, rule['id'])}"
+
+    async def attempt() -> dict[str, Any]:
+        async with Probe(bus, "operator") as watch, Probe(bus, "template-watcher") as p:
+            events = await watch.nc.subscribe("chaosbus.audit.chaosfs.>")
+            await watch.nc.flush()
+            js = p.nc.jetstream(timeout=2.0)
+            before = (await js.stream_info(stream)).config
+            changed = copy.deepcopy(before)
+            changed.republish = RePublish(src=stored, dest=target)
+            await js.update_stream(changed)
+            try:
+                entry = desired.Entry.of(rule, "mallory").to_wire()
+                await js.publish(stored, codec.encode(entry))
+                while True:
+                    event = codec.decode((await events.next_msg(timeout=10)).data)
+                    if event.get("kind") in ("desired.rejected", "rule.converged"):
+                        return event
+            finally:
+                await js.update_stream(before)
+
+    async def clean_up() -> None:
+        async with Probe(bus, "operator") as p:
+            kv = await p.nc.jetstream().key_value("DESIRED")
+            await kv.delete(desired.pod_key(NS, NAME, rule["id"]))
+
+    try:
+        event = asyncio.run(attempt())
+        assert event["kind"] == "desired.rejected", event
+        assert event["reason"] == f"republished from stream {stream}, not written to desired state"
+        assert rule["id"] not in sidecar.rule_ids()
+    finally:
+        asyncio.run(clean_up())

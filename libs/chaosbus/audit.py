@@ -1,10 +1,13 @@
 """The audit trail: every change any service makes, as events in JetStream.
 
 Services call ``AuditLog.record`` from anywhere on their asyncio loop; it only
-appends to a bounded queue and returns, so writing an audit event never blocks
-file I/O or admission. A background task publishes the queue to the ``AUDIT``
-stream (file storage, limited by age and size), with the event id as
-``Nats-Msg-Id`` so that a retried publish is stored once.
+encodes the event, appends it to a bounded queue and returns, so writing an audit
+event never blocks file I/O or admission. A background task publishes the queue to
+the ``AUDIT`` stream (file storage, limited by age and size), with the event id as
+``Nats-Msg-Id`` so that a retried publish is stored once: whatever is queued goes
+out at once, one publish after the other without waiting, and the stream's
+acknowledgements are then awaited together. An event counts as written only once
+the stream has acknowledged it; what is not acknowledged is sent again, in order.
 
 The sidecars' events (``chaosbus.audit.chaosfs.>``) go to a stream of their
 own, ``AUDIT_SIDECARS``, with its own byte budget: sidecar credentials are on
@@ -21,11 +24,14 @@ import contextlib
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
+from nats.nuid import NUID
 
 from . import codec
 from .kv import Refused, api_request, configured_replicas, note
@@ -50,6 +56,12 @@ BASE_FIELDS = ("v", "id", "time", "service", "host", "kind", "actor", "pod")
 BASE_TEXT_LIMIT = 1024
 SCHEMA_VERSION = 1
 QUEUE_LIMIT = 10_000
+# Publishes sent before their acknowledgements are awaited together, and how long
+# those may take before the batch is sent again.
+PUBLISH_BATCH = 256
+PUBLISH_TIMEOUT = 2.0
+# Looked up once: the host does not change under a running process.
+_HOST = socket.gethostname()
 # JetStream's "stream name already in use with a different configuration".
 STREAM_EXISTS_OTHERWISE = 10058
 # JetStream's "subjects overlap with an existing stream".
@@ -67,19 +79,32 @@ MANAGED = (
 )
 
 
-def audit_subject(service: str, kind: str) -> str:
-    return f"{SUBJECT_ROOT}.{encode_token(service)}.{encode_token(kind)}"
+def audit_subject(service: str, kind: str, scope: tuple[str, ...] = ()) -> str:
+    """``chaosbus.audit.<service>[.<scope>...].<kind>``, each part one escaped token.
+
+    A sidecar under the auth callout has its pod (namespace, name) as scope: chaos-auth
+    lets each pod publish below its own only, so the subject, which the server vouches
+    for, says which pod an event came from, whatever its body claims.
+    """
+    tokens = (service, *scope, kind)
+    return ".".join((SUBJECT_ROOT, *(encode_token(t) for t in tokens)))
 
 
 def make_event(
-    service: str, kind: str, *, actor: str | None = None, pod: str | None = None, **fields: Any
+    service: str,
+    kind: str,
+    *,
+    actor: str | None = None,
+    pod: str | None = None,
+    event_id: str | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
     return {
         "v": SCHEMA_VERSION,
-        "id": uuid.uuid4().hex,
+        "id": uuid.uuid4().hex if event_id is None else event_id,
         "time": time.time(),
         "service": service,
-        "host": socket.gethostname(),
+        "host": _HOST,
         "kind": kind,
         "actor": actor or service,
         "pod": pod,
@@ -213,19 +238,42 @@ def fit(event: dict[str, Any], limit: int = EVENT_LIMIT) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    subject: str
+    payload: bytes
+    event_id: str
+    kind: str
+
+
 class AuditLog:
-    def __init__(self, service: str, log: Any) -> None:
+    def __init__(self, service: str, log: Any, scope: tuple[str, ...] = ()) -> None:
         self.service = service
+        self.scope = scope
         self.log = log
         self.dropped = 0
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_LIMIT)
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(QUEUE_LIMIT)
         self._task: asyncio.Task[None] | None = None
+        # Event ids: unique (the stream drops a repeated Nats-Msg-Id), and cheaper than a
+        # uuid4, which reads the kernel's random source each time. One generator per
+        # log: it is not to be shared between threads.
+        self._ids = NUID()
+        self._subjects: dict[str, str] = {}  # by kind: escaping a name costs
 
     def record(self, kind: str, **fields: Any) -> dict[str, Any]:
-        # The streams refuse anything bigger: cut here rather than lose the event.
-        event = fit(make_event(self.service, kind, **fields))
+        event = make_event(self.service, kind, event_id=self._ids.next().decode(), **fields)
+        payload = codec.encode(event)
+        if len(payload) > EVENT_LIMIT:
+            # The streams refuse anything bigger: cut here rather than lose the event.
+            event = fit(event)
+            payload = codec.encode(event)
+        subject = self._subjects.get(kind)
+        if subject is None:
+            subject = audit_subject(self.service, kind, self.scope)
+            if len(self._subjects) < 256:  # kinds are a handful of names
+                self._subjects[kind] = subject
         try:
-            self._queue.put_nowait(event)
+            self._queue.put_nowait(_Queued(subject, payload, event["id"], event["kind"]))
         except asyncio.QueueFull:
             self.dropped += 1  # never wait: the data plane and admission come first
         return event
@@ -234,7 +282,7 @@ class AuditLog:
         self._task = asyncio.create_task(self._drain(nc))
 
     async def stop(self, timeout: float = 2.0) -> None:
-        """Flush what is queued, the event being sent included (briefly), then stop."""
+        """Flush what is queued, the events being sent included (briefly), then stop."""
         if self._task is not None and not self._task.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), timeout)
@@ -245,22 +293,77 @@ class AuditLog:
                 await asyncio.wait_for(asyncio.shield(self._task), 1.0)
 
     async def _drain(self, nc: Client) -> None:
-        js = nc.jetstream()
+        acks = _Acks()
         while True:
-            event = await self._queue.get()
-            subject = audit_subject(self.service, event["kind"])
-            payload = codec.encode(event)
+            batch = [await self._queue.get()]
+            while len(batch) < PUBLISH_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             delay = 0.2
             while True:
-                try:
-                    await js.publish(
-                        subject, payload, headers={"Nats-Msg-Id": event["id"]}, timeout=2
-                    )
-                    # Counted done only once stored: stop() waits for this one too.
-                    self._queue.task_done()
+                error = await acks.send(nc, batch)
+                if not error:
                     break
-                except Exception as exc:
-                    # Keep the event and retry; the id makes a duplicate harmless.
-                    self.log.warning("audit_publish_failed", kind=event["kind"], error=str(exc))
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                # Kept, and the whole batch sent again in order (the stream keeps its
+                # order; the ids make the copies of those already stored harmless).
+                self.log.warning(
+                    "audit_publish_failed", kind=batch[0].kind, waiting=len(batch), error=error
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            for _ in batch:
+                # Counted done only once stored: stop() waits for these too.
+                self._queue.task_done()
+
+
+class _Acks:
+    """The stream's acknowledgements of a batch of publishes, counted on one reply
+    subject of the batch's own: one subscription for the life of the log, and for each
+    event a publish and an acknowledgement, no future, timer or lock of its own."""
+
+    def __init__(self) -> None:
+        self._prefix = ""
+        self._batches = 0
+        self._reply = ""
+        self._expected = 0
+        self._acked = 0
+        self._errors: list[str] = []
+        self._all: asyncio.Future[None] | None = None
+
+    async def send(self, nc: Client, batch: list[_Queued]) -> str:
+        """Publish ``batch``; "" once the stream stored every event, else why not."""
+        try:
+            if not self._prefix:
+                self._prefix = nc.new_inbox()
+                await nc.subscribe(f"{self._prefix}.*", cb=self._on_ack)
+            self._batches += 1
+            self._reply = f"{self._prefix}.{self._batches}"
+            self._expected, self._acked, self._errors = len(batch), 0, []
+            self._all = asyncio.get_running_loop().create_future()
+            for item in batch:
+                await nc.publish(
+                    item.subject,
+                    item.payload,
+                    reply=self._reply,
+                    headers={"Nats-Msg-Id": item.event_id},
+                )
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                await self._all
+        except TimeoutError:
+            return f"{self._acked} of {len(batch)} acknowledged by the stream in time"
+        except Exception as exc:
+            return str(exc) or type(exc).__name__
+        finally:
+            self._reply = ""  # late acknowledgements of this batch count for nothing
+        return "; ".join(self._errors[:3])
+
+    async def _on_ack(self, msg: Msg) -> None:
+        if msg.subject != self._reply or self._all is None or self._all.done():
+            return
+        status = (msg.headers or {}).get("Status")
+        if status:  # 503: no stream stores the subject
+            self._errors.append(f"no stream answered (status {status})")
+        elif b'"error"' in msg.data:
+            self._errors.append(msg.data.decode(errors="replace")[:200])
+        self._acked += 1
+        if self._acked >= self._expected:
+            self._all.set_result(None)

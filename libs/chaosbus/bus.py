@@ -2,17 +2,22 @@
 
 Credentials and TLS come from flags, the environment or files, in that order:
 user and password (``NATS_USER``, ``NATS_PASSWORD`` or ``NATS_PASSWORD_FILE``),
-a token (``NATS_TOKEN``), a creds file (``NATS_CREDS``), an nkey seed file
-(``NATS_NKEY``), and TLS (``NATS_CA``, ``NATS_CERT``, ``NATS_KEY``).
+a token (``NATS_TOKEN``, or ``NATS_TOKEN_FILE``, read again at every connect), a
+creds file (``NATS_CREDS``), an nkey seed file (``NATS_NKEY``), and TLS
+(``NATS_CA``, ``NATS_CERT``, ``NATS_KEY``).
 
 Each role's replies arrive under its own inbox prefix, ``_INBOX_<user>`` (see
 ``role_inbox_prefix``), which deploy/nats/nats.conf lets only that user subscribe to:
-no role can read the replies and consumer deliveries meant for another.
+no role can read the replies and consumer deliveries meant for another. A sidecar
+that connects with its pod's token (the auth callout of
+deploy/nats/nats-callout.conf) has no user name: its inboxes are its pod's, see
+``pod_inbox_prefix``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -24,6 +29,8 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
+
+from .subjects import encode_token
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 # nats-py's own prefix, kept when there is no user name (local runs without auth,
@@ -46,6 +53,16 @@ def role_inbox_prefix(user: str | None) -> str:
     return f"{DEFAULT_INBOX_PREFIX}_{_NOT_IN_TOKEN.sub('_', user)}"
 
 
+def pod_inbox_prefix(namespace: str, pod: str) -> str:
+    """The inbox prefix of one pod's sidecar under the auth callout:
+    ``_INBOX_chaosfs.<namespace>.<pod>``, names escaped into single tokens.
+
+    chaos-auth lets that pod, and no other client, subscribe below it; no static
+    user is called ``chaosfs``, so no role's own prefix covers it.
+    """
+    return f"{DEFAULT_INBOX_PREFIX}_chaosfs.{encode_token(namespace)}.{encode_token(pod)}"
+
+
 class _QuietTLSClose(logging.Filter):
     """asyncio warns on every TLS connection nats-py closes; it means nothing here."""
 
@@ -66,6 +83,7 @@ class BusAuth:
     password: str | None = None
     password_file: str | None = None
     token: str | None = None
+    token_file: str | None = None
     creds: str | None = None
     nkey: str | None = None
     ca: str | None = None
@@ -91,7 +109,9 @@ class BusAuth:
             out["password"] = password or ""
             # Only this user may subscribe to its prefix (nats.conf).
             out["inbox_prefix"] = role_inbox_prefix(self.user)
-        if self.token:
+        if self.token_file:
+            out["token"] = _token_reader(self.token_file)
+        elif self.token:
             out["token"] = self.token
         if self.creds:
             _read(self.creds, "creds file")
@@ -112,6 +132,29 @@ def _read(path: str, what: str) -> str:
         return Path(path).read_text()
     except OSError as exc:
         raise ValueError(f"cannot read NATS {what} {path}: {exc.strerror}") from None
+
+
+def _token_reader(path: str) -> Callable[[], str]:
+    """The token in ``path``, read at every connect and reconnect (nats-py calls a
+    callable token each time it sends CONNECT).
+
+    The kubelet renews a pod's projected ServiceAccount token in place, well before it
+    expires, and the auth callout checks the token again at every reconnect: a token
+    read once at start would be refused after a server restart an hour later. An
+    unreadable file at start is an error; later (a renewal caught half-way), the last
+    token read is sent again.
+    """
+    last = _read(path, "token file").strip()
+    if not last:
+        raise ValueError(f"NATS token file {path} is empty")
+
+    def read() -> str:
+        nonlocal last
+        with contextlib.suppress(ValueError):
+            last = _read(path, "token file").strip() or last
+        return last
+
+    return read
 
 
 def add_bus_arguments(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:

@@ -98,17 +98,38 @@ def _rule_ids(value: Any) -> list[str]:
 MAX_SEED_LENGTH = 256
 MAX_ALIGN = 1024 * 1024
 MAX_KEEP = 2**62
+MAX_PERSIST = 4096  # write numbers one torn-write may name
+# Directory-operation models a power cut may follow (see chaosfs.lazy.MetaJournal);
+# a command without one gets the sidecar's (-lazy-metadata, journal by default).
+METADATA_MODELS = ("journal", "strict")
+_TEAR_FIELDS = {"seed", "keep", "persist", "whole_writes", "align"}
 _LAZY_FIELDS = {
-    "report-unsynced": {"path"},
-    "lose-unsynced": {"path", "metadata"},
-    "torn-write": {"path", "seed", "keep", "whole_writes", "align"},
-    "power-cut": {"path", "metadata", "signal"},
+    "report-unsynced": {"path", "model"},
+    "lose-unsynced": {"path", "metadata", "model"},
+    "torn-write": {"path", "force", *_TEAR_FIELDS},
+    "power-cut": {"path", "metadata", "model", "signal", "tear"},
 }
 
 
 @dataclass(frozen=True)
+class LazyTear:
+    """Which unsynced writes survive a torn write-back: a random cut (``seed``), the
+    first ``keep`` bytes, or exactly the writes numbered in ``persist`` (from 1)."""
+
+    seed: int | str | None = None
+    keep: int | None = None
+    persist: tuple[int, ...] | None = None
+    whole_writes: bool = False
+    align: int = 1
+
+
+@dataclass(frozen=True)
 class LazyAction:
-    """One lazy-mode action, checked. Fields an op does not take hold their defaults."""
+    """One lazy-mode action, checked. Fields an op does not take hold their defaults.
+
+    ``model``: None for the sidecar's own. ``tear``: for torn-write, and for a
+    power-cut that tears before it loses the rest. ``force``: tear files a live
+    process is writing (torn-write refuses otherwise)."""
 
     op: str
     path: str
@@ -119,6 +140,10 @@ class LazyAction:
     whole_writes: bool
     align: int
     signal: int
+    model: str | None = None
+    persist: tuple[int, ...] | None = None
+    force: bool = False
+    tear: LazyTear | None = None
 
 
 def parse_lazy(command: dict[str, Any]) -> LazyAction:
@@ -137,25 +162,69 @@ def parse_lazy(command: dict[str, Any]) -> LazyAction:
     except GlobError as exc:
         raise CommandError(str(exc)) from None
     metadata = command.get("metadata", False)
-    whole_writes = command.get("whole_writes", False)
-    for name, value in (("metadata", metadata), ("whole_writes", whole_writes)):
+    force = command.get("force", False)
+    for name, value in (("metadata", metadata), ("force", force)):
         if not isinstance(value, bool):
             raise CommandError(f"{name} must be true or false, got {show(value)}")
-    seed, keep = command.get("seed"), command.get("keep")
+    model = command.get("model")
+    if model is not None and model not in METADATA_MODELS:
+        raise CommandError(f"model must be one of {', '.join(METADATA_MODELS)}, got {show(model)}")
+    tear = None
     if op == "torn-write":
-        if (seed is None) == (keep is None):
-            raise CommandError(
-                "torn-write needs exactly one of seed (a random cut) or keep (bytes that survive)"
+        tear = _tear(command, "torn-write")
+    elif op == "power-cut" and command.get("tear") is not None:
+        raw = command["tear"]
+        if not isinstance(raw, dict):
+            raise CommandError(f"tear must be a map of {', '.join(sorted(_TEAR_FIELDS))}")
+        _only({"op": "power-cut tear", **raw}, _TEAR_FIELDS)
+        tear = _tear(raw, "power-cut tear")
+    return LazyAction(
+        op=op,
+        path=path,
+        path_regex=path_regex,
+        metadata=metadata,
+        seed=tear.seed if tear else None,
+        keep=tear.keep if tear else None,
+        whole_writes=tear.whole_writes if tear else False,
+        align=tear.align if tear else 1,
+        signal=_signal_number(command.get("signal", "KILL")),
+        model=model,
+        persist=tear.persist if tear else None,
+        force=force,
+        tear=tear,
+    )
+
+
+def _tear(fields: dict[str, Any], what: str) -> LazyTear:
+    seed, keep, persist = fields.get("seed"), fields.get("keep"), fields.get("persist")
+    if sum(v is not None for v in (seed, keep, persist)) != 1:
+        raise CommandError(
+            f"{what} needs exactly one of seed (a random cut), keep (bytes that survive) "
+            "or persist (the numbers of the writes that survive)"
+        )
+    if seed is not None:
+        seed = _seed(seed)
+    if keep is not None and (
+        isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= MAX_KEEP
+    ):
+        raise CommandError(f"keep must be a number of bytes from 0 to {MAX_KEEP}, got {show(keep)}")
+    if persist is not None:
+        if (
+            not isinstance(persist, list)
+            or not 1 <= len(persist) <= MAX_PERSIST
+            or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 1 <= i < 2**31 for i in persist
             )
-        if seed is not None:
-            seed = _seed(seed)
-        if keep is not None and (
-            isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep <= MAX_KEEP
         ):
             raise CommandError(
-                f"keep must be a number of bytes from 0 to {MAX_KEEP}, got {show(keep)}"
+                f"persist must be a list of 1 to {MAX_PERSIST} write numbers (from 1, as "
+                f"report-unsynced lists them), got {show(persist)}"
             )
-    align = command.get("align", 1)
+        persist = tuple(sorted(set(persist)))
+    whole_writes = fields.get("whole_writes", False)
+    if not isinstance(whole_writes, bool):
+        raise CommandError(f"whole_writes must be true or false, got {show(whole_writes)}")
+    align = fields.get("align", 1)
     if (
         isinstance(align, bool)
         or not isinstance(align, int)
@@ -165,17 +234,7 @@ def parse_lazy(command: dict[str, Any]) -> LazyAction:
         raise CommandError(
             f"align must be a power of two from 1 to {MAX_ALIGN} (1 MiB), got {show(align)}"
         )
-    return LazyAction(
-        op=op,
-        path=path,
-        path_regex=path_regex,
-        metadata=metadata,
-        seed=seed,
-        keep=keep,
-        whole_writes=whole_writes,
-        align=align,
-        signal=_signal_number(command.get("signal", "KILL")),
-    )
+    return LazyTear(seed, keep, persist, whole_writes, align)
 
 
 def _seed(value: Any) -> int | str:

@@ -9,11 +9,14 @@ into a sidecar's rule set.
 from __future__ import annotations
 
 import errno as errno_mod
+import functools
 import math
 import re
 import reprlib
+import signal as signal_mod
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +62,16 @@ EXTRA_METHODS = ("lookup", "readdir", "releasedir", "fsyncdir")
 METHODS = SEED_METHODS + EXTRA_METHODS
 METHOD_SET = frozenset(METHODS)
 
-ACTIONS = ("errno", "latency", "mixed", "attr", "mistake", "short", "enospc")
+ACTIONS = ("errno", "latency", "mixed", "attr", "mistake", "short", "enospc", "power-cut")
+# A power-cut rule (lazy mode only) cuts the power when its operation arrives: before
+# the operation runs (it never happens) or after it completed (it is the last one
+# that does). LazyFS calls this a crash fault with a timing and an occurrence.
+CUT_TIMINGS = ("before", "after")
+# What a power-cut rule passes on to the cut itself, as ``fault power-cut`` takes it
+# (chaosbus.protocol checks the values): the directory-operation model, and a tear
+# of the unsynced writes before the rest is lost.
+CUT_MODELS = ("journal", "strict")
+TEAR_FIELDS = ("seed", "keep", "persist", "whole_writes", "align")
 
 # Actions that change data or space only make sense on some operations; a rule
 # naming any other method is refused. The second set is what an empty list means.
@@ -139,6 +151,11 @@ _FIELDS = frozenset(
         "caller_comm",
         "seed",
         "dry_run",
+        "when",
+        "signal",
+        "metadata",
+        "model",
+        "tear",
     }
 )
 
@@ -298,6 +315,13 @@ class FaultRule:
     caller_comm: str | None = None
     seed: int | None = None
     dry_run: bool = False
+    # power-cut: when the cut lands around the operation, the signal the app's
+    # processes get, and whether directory operations no fsync covered are lost too.
+    when: str = ""
+    signal: int = 0
+    metadata: bool = False
+    model: str | None = None  # None: the sidecar's own
+    tear: tuple[tuple[str, Any], ...] = ()  # the tear's fields, lists as tuples
     # What matches paths, compiled from path or regex: ``path_regex.match(p)`` is
     # not None iff the rule covers p (relative to the mount root, no leading slash).
     path_regex: PathPattern = field(default=compile_glob("**"), compare=False, repr=False)
@@ -310,120 +334,32 @@ class FaultRule:
         unknown = sorted(str(k) for k in set(data) - _FIELDS)
         if unknown:
             raise RuleError(f"unknown rule field(s): {', '.join(unknown)}")
-
-        rule_id = data.get("id") or new_rule_id()
-        if not isinstance(rule_id, str) or not _ID.match(rule_id):
-            raise RuleError(
-                f"rule id must be 1-64 characters of letters, digits, '_', '.', ':', '-', "
-                f"got {show(rule_id)}"
-            )
-        action = data.get("action")
-        if action not in ACTIONS:
-            raise RuleError(f"action must be one of {', '.join(ACTIONS)}, got {show(action)}")
-        fields: dict[str, Any] = {"id": rule_id, "action": action}
-        _only_for(data, action, "errno", ("errno", "mixed", "enospc"))
-        _only_for(data, action, "delay", ("latency", "mixed"))
-        _only_for(data, action, "jitter", ("latency", "mixed"))
-        _only_for(data, action, "attr", ("attr",))
-        for name in ("filling", "max_occurrences", "max_length"):
-            _only_for(data, action, name, ("mistake",))
-        _only_for(data, action, "short_bytes", ("short",))
-        _only_for(data, action, "quota", ("enospc",))
-
-        if action in ("errno", "mixed"):
-            if "errno" not in data:
-                raise RuleError(f"action {action} needs an errno")
-            fields["errnos"] = _errnos(data["errno"])
-        if action in ("latency", "mixed"):
-            if "delay" not in data:
-                raise RuleError(f"action {action} needs a delay")
-            fields["delay"] = _seconds("delay", data["delay"])
-            fields["jitter"] = _seconds("jitter", data.get("jitter", 0.0))
-            if fields["delay"] == 0 and fields["jitter"] == 0:
-                raise RuleError("a latency needs a delay or jitter above zero")
-        if action == "attr":
-            fields["attrs"] = _attrs(data.get("attr"))
-        if action == "mistake":
-            filling = data.get("filling", "zero")
-            if filling not in FILLINGS:
-                raise RuleError(f"filling must be zero or random, got {show(filling)}")
-            fields["filling"] = filling
-            fields["max_occurrences"] = _count(
-                "max_occurrences", data.get("max_occurrences", 1), minimum=1, maximum=1 << 20
-            )
-            fields["max_length"] = _count(
-                "max_length", data.get("max_length", 1), minimum=1, maximum=1 << 30
-            )
-        if action == "short" and data.get("short_bytes") is not None:
-            fields["short_bytes"] = _count("short_bytes", data["short_bytes"])
-        if action == "enospc":
-            if "quota" not in data:
-                raise RuleError("action enospc needs a quota in bytes")
-            fields["quota"] = _count("quota", data["quota"])
-            errnos = _errnos(data.get("errno", "ENOSPC"))
-            if errnos not in ((errno_mod.ENOSPC,), (errno_mod.EDQUOT,)):
-                raise RuleError("an enospc rule fails with ENOSPC or EDQUOT only")
-            fields["errnos"] = errnos
-
-        methods = _methods(data.get("methods", []))
-        allowed = _ACTION_METHODS.get(action)
-        if allowed is not None:
-            if not methods:
-                methods = allowed[1]
-            wrong = sorted(methods - allowed[0])
-            if wrong:
-                raise RuleError(
-                    f"action {action} cannot apply to {', '.join(wrong)}; "
-                    f"it applies to {', '.join(sorted(allowed[0]))}"
-                )
-        if action == "attr" and "kind" in dict(fields["attrs"]) and "lookup" not in methods:
-            raise RuleError(
-                "attr kind needs the lookup method: the kernel learns a file's kind "
-                "only when it looks the name up"
-            )
-        fields["methods"] = methods
-
-        _paths(data, fields)
-        percent = finite("percent", data.get("percent", 100), "a number from 0 to 100")
-        if not 0 <= percent <= 100:
-            raise RuleError(f"percent must be from 0 to 100, got {percent}")
-        fields["percent"] = float(percent)
-
-        _triggers(data, fields, now)
-        return cls(**fields)
+        draft = _Draft(data, {}, now)
+        for step in _STEPS:
+            step(draft)
+        return cls(**draft.fields)
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "action": self.action}
-        if self.errnos:
-            out["errno"] = [errno_mod.errorcode.get(e, e) for e in self.errnos]
-        if self.action in ("latency", "mixed"):
-            out["delay"] = self.delay
-            out["jitter"] = self.jitter
-        if self.attrs:
-            out["attr"] = {k: _attr_out(k, v) for k, v in self.attrs}
-        if self.action == "mistake":
-            out["filling"] = self.filling
-            out["max_occurrences"] = self.max_occurrences
-            out["max_length"] = self.max_length
-        if self.action == "short" and self.short_bytes is not None:
-            out["short_bytes"] = self.short_bytes
-        if self.action == "enospc":
-            out["quota"] = self.quota
+        _action_wire(self, out)
         out["methods"] = sorted(self.methods)
         if self.regex is not None:
             out["path_regex"] = self.regex
         else:
             out["path"] = self.path
         out["percent"] = self.percent
-        for name in ("count", "expires_at", "caller_pid", "caller_uid", "caller_comm", "seed"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        if self.after:
-            out["after"] = self.after
-        if self.dry_run:
-            out["dry_run"] = True
+        _trigger_wire(self, out)
         return out
+
+    def cut_command(self) -> dict[str, Any]:
+        """A power-cut rule's cut, as the lazy-mode ``power-cut`` command says it."""
+        command: dict[str, Any] = {"op": "power-cut", "signal": self.signal}
+        command["metadata"] = self.metadata
+        if self.model is not None:
+            command["model"] = self.model
+        if self.tear:
+            command["tear"] = _tear_out(self.tear)
+        return command
 
     def applies_to(self, method: str) -> bool:
         return not self.methods or method in self.methods
@@ -437,34 +373,52 @@ class FaultRule:
         )
 
 
-def _paths(data: dict[str, Any], fields: dict[str, Any]) -> None:
-    """A rule's paths: a glob (``path``) or a Chaos Mesh v0.9 style regex, not both."""
-    if data.get("path_regex") is not None:
-        if data.get("path") is not None:
-            raise RuleError("give either path (a glob) or path_regex, not both")
-        regex = data["path_regex"]
-        if not isinstance(regex, str):
-            raise RuleError(f"path_regex must be a regular expression string, got {show(regex)}")
-        try:
-            fields["path_regex"] = compile_path_regex(regex)
-        except GlobError as exc:
-            raise RuleError(str(exc)) from None
-        fields["regex"] = regex
-        fields["path"] = ""
-        return
-    path = data.get("path", "**")
-    if not isinstance(path, str):
-        raise RuleError(f"path must be a glob string, got {show(path)}")
-    try:
-        fields["path_regex"] = compile_glob(path)
-    except GlobError as exc:
-        raise RuleError(str(exc)) from None
-    fields["path"] = path
+def _action_wire(rule: FaultRule, out: dict[str, Any]) -> None:
+    """A rule's action fields, for the wire (keys in the order they have always had)."""
+    if rule.errnos:
+        out["errno"] = [errno_mod.errorcode.get(e, e) for e in rule.errnos]
+    if rule.action in ("latency", "mixed"):
+        out["delay"] = rule.delay
+        out["jitter"] = rule.jitter
+    if rule.attrs:
+        out["attr"] = {k: _attr_out(k, v) for k, v in rule.attrs}
+    if rule.action == "mistake":
+        out["filling"] = rule.filling
+        out["max_occurrences"] = rule.max_occurrences
+        out["max_length"] = rule.max_length
+    if rule.action == "short" and rule.short_bytes is not None:
+        out["short_bytes"] = rule.short_bytes
+    if rule.action == "enospc":
+        out["quota"] = rule.quota
+    if rule.action == "power-cut":
+        _cut_wire(rule, out)
 
 
-def _only_for(data: dict[str, Any], action: str, name: str, actions: tuple[str, ...]) -> None:
-    if name in data and action not in actions:
-        raise RuleError(f"{name} only applies to the {' and '.join(actions)} action(s)")
+def _cut_wire(rule: FaultRule, out: dict[str, Any]) -> None:
+    out["when"] = rule.when
+    out["signal"] = rule.signal
+    if rule.metadata:
+        out["metadata"] = True
+    if rule.model is not None:
+        out["model"] = rule.model
+    if rule.tear:
+        out["tear"] = _tear_out(rule.tear)
+
+
+def _tear_out(tear: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in tear}
+
+
+def _trigger_wire(rule: FaultRule, out: dict[str, Any]) -> None:
+    """A rule's triggers and filters, for the wire: only those it has."""
+    for name in ("count", "expires_at", "caller_pid", "caller_uid", "caller_comm", "seed"):
+        value = getattr(rule, name)
+        if value is not None:
+            out[name] = value
+    if rule.after:
+        out["after"] = rule.after
+    if rule.dry_run:
+        out["dry_run"] = True
 
 
 def _attr_out(name: str, value: int) -> Any:
@@ -475,40 +429,322 @@ def _attr_out(name: str, value: int) -> Any:
     return value
 
 
-def _triggers(data: dict[str, Any], fields: dict[str, Any], now: float | None) -> None:
-    if data.get("count") is not None:
-        fields["count"] = _count("count", data["count"], minimum=1)
-    if data.get("after") is not None:
-        fields["after"] = _count("after", data["after"])
-    if data.get("ttl") is not None and data.get("expires_at") is not None:
+def _tear(value: Any) -> tuple[tuple[str, Any], ...]:
+    """The shape of a tear; its values are the power-cut command's to check."""
+    if not isinstance(value, dict) or not value:
+        raise RuleError(f"tear must be a map of {', '.join(TEAR_FIELDS)}, got {show(value)}")
+    unknown = sorted(str(k) for k in set(value) - set(TEAR_FIELDS))
+    if unknown:
+        raise RuleError(
+            f"unknown tear field(s) {', '.join(unknown)}; known: {', '.join(TEAR_FIELDS)}"
+        )
+    out = []
+    for name, raw in sorted(value.items()):
+        if isinstance(raw, list):
+            if len(raw) > 4096 or not all(isinstance(i, int) for i in raw):
+                raise RuleError(f"tear {name} must be a list of at most 4096 numbers")
+            raw = tuple(raw)
+        elif raw is not None and not isinstance(raw, bool | int | str):
+            raise RuleError(
+                f"tear {name} must be a number, a string or true/false, got {show(raw)}"
+            )
+        out.append((name, raw))
+    return tuple(out)
+
+
+def signal_number(value: Any) -> int:
+    """KILL, SIGKILL, kill, 9 or "9": the signal's number on this system."""
+    text = value.strip() if isinstance(value, str) else ""
+    if text.isascii() and text.isdigit() and len(text) <= 3:
+        value = int(text)
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        if 1 <= value <= 64:
+            return value
+    elif isinstance(value, str):
+        name = value.strip().upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        member = signal_mod.Signals.__members__.get(name)
+        if member is not None:
+            return int(member)
+    raise RuleError(
+        f"signal must be a name like KILL or TERM or a number from 1 to 64, got {show(value)}"
+    )
+
+
+# --- reading a rule off the wire, one field at a time ---------------------------------
+#
+# ``FaultRule.from_wire`` runs the steps in ``_STEPS`` in order, each checking one
+# field (or two that exclude each other) and writing what it found into the draft.
+# The order is fixed, so a rule with several faults is always refused for the same
+# one: first the id and action, then whatever only some actions take, then the
+# fields every rule has.
+
+
+@dataclass(slots=True)
+class _Draft:
+    """A rule being read: the map as sent, the fields checked so far, and the time a
+    ttl counts from (None: the time it is read)."""
+
+    wire: dict[str, Any]
+    fields: dict[str, Any]
+    now: float | None
+
+
+_Step = Callable[[_Draft], None]
+
+
+def _optional(name: str, check: Callable[[str, Any], Any]) -> _Step:
+    """A step for a field that may be left out or null, keeping the rule's default."""
+
+    def step(draft: _Draft) -> None:
+        value = draft.wire.get(name)
+        if value is not None:
+            draft.fields[name] = check(name, value)
+
+    return step
+
+
+def _id_field(draft: _Draft) -> None:
+    rule_id = draft.wire.get("id") or new_rule_id()
+    if not isinstance(rule_id, str) or not _ID.match(rule_id):
+        raise RuleError(
+            f"rule id must be 1-64 characters of letters, digits, '_', '.', ':', '-', "
+            f"got {show(rule_id)}"
+        )
+    draft.fields["id"] = rule_id
+
+
+def _action_field(draft: _Draft) -> None:
+    action = draft.wire.get("action")
+    if action not in ACTIONS:
+        raise RuleError(f"action must be one of {', '.join(ACTIONS)}, got {show(action)}")
+    draft.fields["action"] = action
+
+
+# Fields only some actions take, with those actions; a rule of any other action that
+# names one is refused, whatever its value.
+_ACTION_ONLY: dict[str, tuple[str, ...]] = {
+    "errno": ("errno", "mixed", "enospc"),
+    "delay": ("latency", "mixed"),
+    "jitter": ("latency", "mixed"),
+    "attr": ("attr",),
+    "filling": ("mistake",),
+    "max_occurrences": ("mistake",),
+    "max_length": ("mistake",),
+    "short_bytes": ("short",),
+    "quota": ("enospc",),
+    "when": ("power-cut",),
+    "signal": ("power-cut",),
+    "metadata": ("power-cut",),
+    "model": ("power-cut",),
+    "tear": ("power-cut",),
+}
+
+
+def _no_other_actions_fields(draft: _Draft) -> None:
+    action = draft.fields["action"]
+    for name, actions in _ACTION_ONLY.items():
+        if name in draft.wire and action not in actions:
+            raise RuleError(f"{name} only applies to the {' and '.join(actions)} action(s)")
+
+
+def _errno_field(draft: _Draft) -> None:
+    if "errno" not in draft.wire:
+        raise RuleError(f"action {draft.fields['action']} needs an errno")
+    draft.fields["errnos"] = _errnos(draft.wire["errno"])
+
+
+def _latency_fields(draft: _Draft) -> None:
+    if "delay" not in draft.wire:
+        raise RuleError(f"action {draft.fields['action']} needs a delay")
+    delay = _seconds("delay", draft.wire["delay"])
+    jitter = _seconds("jitter", draft.wire.get("jitter", 0.0))
+    if delay == 0 and jitter == 0:
+        raise RuleError("a latency needs a delay or jitter above zero")
+    draft.fields["delay"] = delay
+    draft.fields["jitter"] = jitter
+
+
+def _attr_field(draft: _Draft) -> None:
+    draft.fields["attrs"] = _attrs(draft.wire.get("attr"))
+
+
+def _mistake_fields(draft: _Draft) -> None:
+    filling = draft.wire.get("filling", "zero")
+    if filling not in FILLINGS:
+        raise RuleError(f"filling must be zero or random, got {show(filling)}")
+    draft.fields["filling"] = filling
+    draft.fields["max_occurrences"] = _count(
+        "max_occurrences", draft.wire.get("max_occurrences", 1), minimum=1, maximum=1 << 20
+    )
+    draft.fields["max_length"] = _count(
+        "max_length", draft.wire.get("max_length", 1), minimum=1, maximum=1 << 30
+    )
+
+
+def _quota_fields(draft: _Draft) -> None:
+    if "quota" not in draft.wire:
+        raise RuleError("action enospc needs a quota in bytes")
+    draft.fields["quota"] = _count("quota", draft.wire["quota"])
+    errnos = _errnos(draft.wire.get("errno", "ENOSPC"))
+    if errnos not in ((errno_mod.ENOSPC,), (errno_mod.EDQUOT,)):
+        raise RuleError("an enospc rule fails with ENOSPC or EDQUOT only")
+    draft.fields["errnos"] = errnos
+
+
+def _power_cut_fields(draft: _Draft) -> None:
+    wire, fields = draft.wire, draft.fields
+    when = wire.get("when", "before")
+    if when not in CUT_TIMINGS:
+        raise RuleError(f"when must be before or after, got {show(when)}")
+    fields["when"] = when
+    fields["signal"] = signal_number(wire.get("signal", "KILL"))
+    metadata = wire.get("metadata", False)
+    if not isinstance(metadata, bool):
+        raise RuleError(f"metadata must be true or false, got {show(metadata)}")
+    fields["metadata"] = metadata
+    model = wire.get("model")
+    if model is not None and model not in CUT_MODELS:
+        raise RuleError(f"model must be one of {', '.join(CUT_MODELS)}, got {show(model)}")
+    fields["model"] = model
+    tear = wire.get("tear")
+    if tear is not None:
+        fields["tear"] = _tear(tear)
+
+
+# What each action needs or may take beyond the fields every rule has.
+_ACTION_STEPS: dict[str, tuple[_Step, ...]] = {
+    "errno": (_errno_field,),
+    "latency": (_latency_fields,),
+    "mixed": (_errno_field, _latency_fields),
+    "attr": (_attr_field,),
+    "mistake": (_mistake_fields,),
+    "short": (_optional("short_bytes", _count),),
+    "enospc": (_quota_fields,),
+    "power-cut": (_power_cut_fields,),
+}
+if _ACTION_STEPS.keys() != set(ACTIONS):  # a new action must say what it takes
+    raise AssertionError(f"actions without their fields: {set(ACTIONS) ^ _ACTION_STEPS.keys()}")
+
+
+def _action_fields(draft: _Draft) -> None:
+    for step in _ACTION_STEPS[draft.fields["action"]]:
+        step(draft)
+
+
+def _methods_field(draft: _Draft) -> None:
+    """The methods, narrowed to those the action can change (its natural set if none)."""
+    action = draft.fields["action"]
+    methods = _methods(draft.wire.get("methods", []))
+    allowed = _ACTION_METHODS.get(action)
+    if allowed is not None:
+        methods = methods or allowed[1]
+        wrong = sorted(methods - allowed[0])
+        if wrong:
+            raise RuleError(
+                f"action {action} cannot apply to {', '.join(wrong)}; "
+                f"it applies to {', '.join(sorted(allowed[0]))}"
+            )
+    if action == "attr" and "kind" in dict(draft.fields["attrs"]) and "lookup" not in methods:
+        raise RuleError(
+            "attr kind needs the lookup method: the kernel learns a file's kind "
+            "only when it looks the name up"
+        )
+    draft.fields["methods"] = methods
+
+
+def _path_fields(draft: _Draft) -> None:
+    """A rule's paths: a glob (``path``) or a Chaos Mesh v0.9 style regex, not both."""
+    wire, fields = draft.wire, draft.fields
+    regex = wire.get("path_regex")
+    if regex is not None:
+        if wire.get("path") is not None:
+            raise RuleError("give either path (a glob) or path_regex, not both")
+        if not isinstance(regex, str):
+            raise RuleError(f"path_regex must be a regular expression string, got {show(regex)}")
+        fields["path_regex"] = _compiled(compile_path_regex, regex)
+        fields["regex"] = regex
+        fields["path"] = ""
+        return
+    path = wire.get("path", "**")
+    if not isinstance(path, str):
+        raise RuleError(f"path must be a glob string, got {show(path)}")
+    fields["path_regex"] = _compiled(compile_glob, path)
+    fields["path"] = path
+
+
+def _compiled(compile_: Callable[[str], PathPattern], text: str) -> PathPattern:
+    try:
+        return compile_(text)
+    except GlobError as exc:
+        raise RuleError(str(exc)) from None
+
+
+def _percent_field(draft: _Draft) -> None:
+    percent = finite("percent", draft.wire.get("percent", 100), "a number from 0 to 100")
+    if not 0 <= percent <= 100:
+        raise RuleError(f"percent must be from 0 to 100, got {percent}")
+    draft.fields["percent"] = float(percent)
+
+
+def _expiry_fields(draft: _Draft) -> None:
+    """When the rule stops: ``ttl`` seconds after it is read, or at ``expires_at``."""
+    ttl, expires_at = draft.wire.get("ttl"), draft.wire.get("expires_at")
+    if ttl is not None and expires_at is not None:
         raise RuleError("give either ttl or expires_at, not both")
-    if data.get("ttl") is not None:
-        ttl = finite("ttl", data["ttl"], "a positive number of seconds")
-        if ttl <= 0:
-            raise RuleError(f"ttl must be a positive number of seconds, got {data['ttl']!r}")
-        if ttl > MAX_TTL_SECONDS:
-            raise RuleError(f"ttl may be at most {MAX_TTL_SECONDS:g} seconds")
-        fields["expires_at"] = (time.time() if now is None else now) + ttl
-    elif data.get("expires_at") is not None:
-        expires = finite("expires_at", data["expires_at"], "seconds since the epoch")
-        if expires <= 0:
-            raise RuleError(
-                f"expires_at must be seconds since the epoch, got {data['expires_at']!r}"
-            )
-        fields["expires_at"] = expires
-    for name in ("caller_pid", "caller_uid"):
-        if data.get(name) is not None:
-            fields[name] = _count(name, data[name], maximum=2**32 - 1)
-    if data.get("caller_comm") is not None:
-        comm = data["caller_comm"]
-        if not isinstance(comm, str) or not _COMM.match(comm):
-            raise RuleError(
-                f"caller_comm must be a process name of 1-15 characters, got {show(comm)}"
-            )
-        fields["caller_comm"] = comm
-    if data.get("seed") is not None:
-        fields["seed"] = _count("seed", data["seed"], maximum=2**63 - 1)
-    dry_run = data.get("dry_run", False)
+    if ttl is not None:
+        now = time.time() if draft.now is None else draft.now
+        draft.fields["expires_at"] = now + _ttl(ttl)
+    elif expires_at is not None:
+        draft.fields["expires_at"] = _expires_at(expires_at)
+
+
+def _ttl(value: Any) -> float:
+    ttl = finite("ttl", value, "a positive number of seconds")
+    if ttl <= 0:
+        raise RuleError(f"ttl must be a positive number of seconds, got {value!r}")
+    if ttl > MAX_TTL_SECONDS:
+        raise RuleError(f"ttl may be at most {MAX_TTL_SECONDS:g} seconds")
+    return ttl
+
+
+def _expires_at(value: Any) -> float:
+    expires = finite("expires_at", value, "seconds since the epoch")
+    if expires <= 0:
+        raise RuleError(f"expires_at must be seconds since the epoch, got {value!r}")
+    return expires
+
+
+def _caller_comm(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not _COMM.match(value):
+        raise RuleError(f"{name} must be a process name of 1-15 characters, got {show(value)}")
+    return value
+
+
+def _dry_run_field(draft: _Draft) -> None:
+    dry_run = draft.wire.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise RuleError(f"dry_run must be true or false, got {show(dry_run)}")
-    fields["dry_run"] = dry_run
+    draft.fields["dry_run"] = dry_run
+
+
+_STEPS: tuple[_Step, ...] = (
+    _id_field,
+    _action_field,
+    _no_other_actions_fields,
+    _action_fields,
+    _methods_field,
+    _path_fields,
+    _percent_field,
+    _optional("count", functools.partial(_count, minimum=1)),
+    _optional("after", _count),
+    _expiry_fields,
+    _optional("caller_pid", functools.partial(_count, maximum=2**32 - 1)),
+    _optional("caller_uid", functools.partial(_count, maximum=2**32 - 1)),
+    _optional("caller_comm", _caller_comm),
+    _optional("seed", functools.partial(_count, maximum=2**63 - 1)),
+    _dry_run_field,
+)

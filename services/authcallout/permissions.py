@@ -1,11 +1,13 @@
 """What one sidecar may do on the bus: the permissions of its user JWT.
 
 The same grants as the shared ``sidecar`` user of deploy/nats/nats.conf, with every
-subject that names a pod narrowed to this pod. Reading desired state is the one that
-needs care: a consumer created with ``$JS.API.CONSUMER.CREATE.<stream>`` carries its
-filter in the body, where permissions cannot see it, so only the extended form
-``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`` is granted; the server refuses one
-whose body filters on anything else than its subject says.
+subject that names a pod narrowed to this pod, its inboxes included
+(``_INBOX_chaosfs.<ns>.<pod>``: no pod reads another's replies or deliveries).
+Reading desired state and the registry is the part that needs care: a consumer
+created with ``$JS.API.CONSUMER.CREATE.<stream>`` carries its filter in the body,
+where permissions cannot see it, so only the extended form
+``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`` is granted; the server refuses
+one whose body filters on anything else than its subject says.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from chaosbus import desired, registry
 from chaosbus.audit import SUBJECT_ROOT
+from chaosbus.bus import pod_inbox_prefix
 from chaosbus.subjects import FLEET_COMMAND, PREFIX, encode_token, pod_command
 
 AUDIT_SERVICE = "chaosfs"
@@ -49,29 +52,53 @@ def audit_prefix(namespace: str, pod: str) -> str:
 
 
 def desired_filters(namespace: str, pod: str) -> tuple[str, str]:
-    """The two watches a sidecar keeps on DESIRED: the fleet's entries and its pod's."""
+    """The two feeds a sidecar keeps on DESIRED: the fleet's entries and its pod's."""
     pre = f"$KV.{desired.BUCKET}."
     return f"{pre}fleet.>", f"{pre}{desired.pod_prefix(namespace, pod)}.>"
 
 
+def registry_subject(namespace: str, pod: str) -> str:
+    """The pod's own registry entry, the one key of SIDECARS it may write and read."""
+    return f"$KV.{registry.BUCKET}.{registry.key(namespace, pod)}"
+
+
 def allowed(namespace: str, pod: str) -> dict[str, list[str]]:
-    """Subjects pod ``namespace/pod`` may publish to and subscribe to."""
+    """Subjects pod ``namespace/pod`` may publish to and subscribe to: what chaosfs does
+    (services/chaosfs/control.py and convergence.py), for this pod only."""
     ns, name = encode_token(namespace), encode_token(pod)
-    stream = f"KV_{desired.BUCKET}"
-    creates = [f"$JS.API.CONSUMER.CREATE.{stream}.*.{f}" for f in desired_filters(namespace, pod)]
+    desired_stream, registry_stream = f"KV_{desired.BUCKET}", f"KV_{registry.BUCKET}"
+    own_entry = registry_subject(namespace, pod)
+    # Named consumers (chaosfs names every consumer it makes): the filter is in the
+    # subject, and the server holds the request's body to it.
+    creates = [
+        f"$JS.API.CONSUMER.CREATE.{desired_stream}.*.{f}" for f in desired_filters(namespace, pod)
+    ]
     return {
         "pub": [
+            # ready, heartbeat, gone and inject events
             f"{PREFIX}.fs.evt.*.{ns}.{name}",
             f"{audit_prefix(namespace, pod)}.>",
-            f"$KV.{registry.BUCKET}.{registry.key(namespace, pod)}",
-            f"$JS.API.STREAM.INFO.KV_{registry.BUCKET}",
-            f"$JS.API.STREAM.INFO.{stream}",
+            # its registry entry: put, and delete with its counters when it goes
+            own_entry,
+            f"$JS.API.STREAM.INFO.{registry_stream}",
+            f"$JS.API.STREAM.INFO.{desired_stream}",
+            # checked at start, before the first audit event
             "$JS.API.STREAM.INFO.AUDIT",
+            # its desired state and the fleet's, followed as they change
             *creates,
-            f"$JS.API.CONSUMER.INFO.{stream}.*",
-            f"$JS.FC.{stream}.>",
+            f"$JS.API.CONSUMER.INFO.{desired_stream}.*",
+            f"$JS.FC.{desired_stream}.>",
+            # its own entry read back once at start: the counters of its pod's previous
+            # sidecar, so that a spent --count rule stays spent
+            f"$JS.API.CONSUMER.CREATE.{registry_stream}.*.{own_entry}",
+            f"$JS.API.CONSUMER.INFO.{registry_stream}.*",
+            f"$JS.FC.{registry_stream}.>",
         ],
-        "sub": ["_INBOX.>", pod_command(namespace, pod), FLEET_COMMAND],
+        "sub": [
+            f"{pod_inbox_prefix(namespace, pod)}.>",
+            pod_command(namespace, pod),
+            FLEET_COMMAND,
+        ],
     }
 
 

@@ -23,8 +23,9 @@ from nats.js.errors import ServiceUnavailableError
 
 from chaosbus.bus import add_bus_arguments, auth_from_args, default_url
 from chaosbus.durations import parse_duration
+from chaosbus.sizes import parse_size
 
-from . import commands, experiments, output
+from . import commands, crashtest, experiments, output
 from .auditlog import events
 from .client import Refused, Session, Unreachable
 from .commands import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, Outcome
@@ -36,9 +37,52 @@ LAZY_TIMEOUT = 10.0
 LAZY_VERBS = {
     "report-unsynced": "what a power cut would lose now: unsynced files, bytes, directory ops",
     "lose-unsynced": "drop every unsynced write, as if the power went out now",
-    "torn-write": "persist only part of the unsynced writes (--seed or --keep), drop the rest",
-    "power-cut": "kill the app's processes that use the mount, then lose the unsynced data",
+    "torn-write": "persist only part of the unsynced writes (--seed, --keep or --persist), "
+    "drop the rest",
+    "power-cut": "kill the app's processes that use the mount, then lose the unsynced data "
+    "(--tear: tear it first)",
 }
+
+
+def _more_lazy_flags(p: argparse.ArgumentParser, verb: str) -> None:
+    """The lazy verbs' flags for the metadata model, subset tearing and power-cut --tear."""
+    if verb in ("report-unsynced", "lose-unsynced", "power-cut"):
+        p.add_argument(
+            "--strict-metadata",
+            action="store_true",
+            help="directory operations follow strict POSIX: only a directory fsync makes "
+            "them durable (default: the sidecar's model, journal unless -lazy-metadata "
+            "says otherwise); for lose-unsynced and power-cut it implies --metadata",
+        )
+    if verb == "torn-write":
+        p.add_argument(
+            "--persist",
+            help="exactly these unsynced writes survive, by the numbers report-unsynced "
+            "lists (1,3 or 2-5): a later write can survive an earlier one",
+        )
+        p.add_argument(
+            "--force",
+            action="store_true",
+            help="tear files a live process is writing (refused otherwise)",
+        )
+    if verb == "power-cut":
+        p.add_argument(
+            "--tear",
+            action="store_true",
+            help="after the kill, tear the unsynced writes (--seed, --keep or --persist) "
+            "before the rest is lost",
+        )
+        p.add_argument("--seed", help="with --tear: a random cut, the same for the same seed")
+        p.add_argument(
+            "--keep", type=parse_size, help="with --tear: bytes of each file's writes that survive"
+        )
+        p.add_argument("--persist", help="with --tear: the writes that survive, by number")
+        p.add_argument(
+            "--whole-writes", action="store_true", help="with --tear: cut only between writes"
+        )
+        p.add_argument(
+            "--align", type=parse_size, help="with --tear: a torn write ends on a multiple of this"
+        )
 
 
 def _common() -> argparse.ArgumentParser:
@@ -113,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--fleet", action="store_true", help="every matching sidecar")
         _targets(p)
         add_lazy_flags(p, verb)
+        _more_lazy_flags(p, verb)
 
     for verb, text in (
         ("list", "the rules in force on one sidecar"),
@@ -137,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--pod", help="only events about NAMESPACE/NAME")
     audit.add_argument("--kind", help="only events of this kind, e.g. rule.set")
     _experiment_parsers(top, common)
+    crashtest.add_parser(top, common)
     return parser
 
 
@@ -208,6 +254,7 @@ HANDLERS: dict[tuple[str, str | None], Callable[..., Awaitable[Outcome]]] = {
     ("experiment", "describe"): experiments.describe,
     ("experiment", "pause"): experiments.pause,
     ("experiment", "resume"): experiments.resume,
+    ("crash-test", None): crashtest.crash_test,
 }
 
 
@@ -264,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             commands.lazy_command(args)  # a bad command line is told before connecting
         elif args.command == "fault" and args.verb in ("set", "broadcast"):
             rule_from_args(args)  # likewise a bad rule (the handler builds it again)
+        elif args.command == "crash-test":
+            crashtest.check_args(args)  # likewise a bad campaign
         rejected = experiments.check_input(args) if args.command == "apply" else None
         try:
             return asyncio.run(_run(args, url, timeout, as_json))

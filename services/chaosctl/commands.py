@@ -251,7 +251,7 @@ def lazy_command(args: argparse.Namespace) -> dict[str, Any]:
         parse_pod(args.pod)
         if args.namespace or args.selector or args.pods:
             raise UsageError("--namespace, --selector and --pods choose sidecars for --fleet only")
-    command = {"op": args.verb, **lazy_from_args(args), "actor": actor()}
+    command = {"op": args.verb, **_lazy_fields(args), "actor": actor()}
     try:
         parse_lazy(command)
         if args.fleet:
@@ -262,15 +262,122 @@ def lazy_command(args: argparse.Namespace) -> dict[str, Any]:
     return command
 
 
+def _lazy_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """lazy_from_args, plus the metadata model, --persist, --force and power-cut --tear."""
+    persist = _persist(args.persist) if getattr(args, "persist", None) is not None else None
+    tearing = getattr(args, "tear", False)
+    if args.verb == "torn-write" and persist is not None:
+        if args.seed is not None or args.keep is not None:
+            raise UsageError("torn-write takes one of --seed, --keep or --persist")
+        fields = lazy_from_args(argparse.Namespace(**{**vars(args), "keep": 0}))
+        del fields["keep"]
+        fields["persist"] = persist
+    else:
+        fields = lazy_from_args(args)
+    if getattr(args, "strict_metadata", False):
+        fields["model"] = "strict"
+        if args.verb != "report-unsynced":
+            fields["metadata"] = True
+    if getattr(args, "force", False):
+        fields["force"] = True
+    if args.verb == "power-cut":
+        given = [n for n in ("seed", "keep", "persist") if getattr(args, n, None) is not None]
+        if not tearing:
+            if given or args.whole_writes or args.align is not None:
+                raise UsageError(
+                    "--seed, --keep, --persist, --whole-writes and --align need --tear"
+                )
+        else:
+            if len(given) != 1:
+                raise UsageError("power-cut --tear needs one of --seed, --keep or --persist")
+            tear: dict[str, Any] = {}
+            if args.seed is not None:
+                tear["seed"] = int(args.seed) if args.seed.lstrip("-").isdigit() else args.seed
+            elif args.keep is not None:
+                tear["keep"] = args.keep
+            else:
+                tear["persist"] = persist
+            if args.whole_writes:
+                tear["whole_writes"] = True
+            if args.align is not None:
+                tear["align"] = args.align
+            fields["tear"] = tear
+    return fields
+
+
+def _persist(text: str) -> list[int]:
+    """1,3,5 or 2-4 (or both): write numbers as report-unsynced lists them."""
+    numbers: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise UsageError(f"--persist takes write numbers such as 1,3 or 2-5, got {text!r}")
+        lo, hi = int(first), int(last) if dash else int(first)
+        if hi < lo or hi - lo > 4096:
+            raise UsageError(f"--persist: bad range {part!r}")
+        numbers.extend(range(lo, hi + 1))
+    return numbers
+
+
+def _lazy_text(reply: dict[str, Any]) -> str:
+    """output.lazy, plus what it does not show: a cut's tear, the size changes and the
+    numbered writes of a report, a tear's warnings, processes a cut left alive."""
+    pod = reply.get("pod", "?")
+    if "killed" in reply and "torn" in reply:
+        text = output.lazy({k: v for k, v in reply.items() if k != "torn"})
+        text += "\n" + output.lazy({"pod": pod, "torn": reply["torn"]})
+    else:
+        text = output.lazy(reply)
+    lines = [text]
+    unsynced = reply.get("unsynced") or {}
+    meta = unsynced.get("with_metadata") or {}
+    if unsynced.get("model") and (meta.get("bytes") or unsynced.get("dir_ops")):
+        lines.append(
+            f"  with --metadata ({unsynced['model']} model): "
+            f"{meta.get('bytes', 0)} bytes in {len(meta.get('files') or {})} file(s)"
+        )
+    for path, size in sorted((unsynced.get("sizes") or {}).items()):
+        lines.append(
+            f"  {path or '.'}: size {size.get('now')} now, {size.get('after_cut')} after a cut"
+        )
+    for path, writes in sorted((unsynced.get("writes") or {}).items()):
+        shown = []
+        for op in writes.get("ops") or []:
+            if "truncate" in op:
+                shown.append(f"#{op['i']} truncate to {op['truncate']}")
+            else:
+                shown.append(f"#{op['i']} {op['len']} B at {op['off']}")
+        more = writes.get("count", 0) - len(shown)
+        tail = f" (+{more} more)" if more > 0 else ""
+        lines.append(f"  {path or '.'} writes: {', '.join(shown)}{tail}")
+    for warning in (reply.get("torn") or {}).get("warnings") or []:
+        lines.append(f"  warning: {warning}")
+    if reply.get("survivors"):
+        lines.append(
+            "  error: the cut left processes alive (a power cut stops everything): "
+            + ", ".join(f"{p.get('pid')} ({p.get('comm')})" for p in reply["survivors"])
+        )
+    return "\n".join(lines)
+
+
 async def fault_lazy(s: Session, args: argparse.Namespace) -> Outcome:
-    """One-shot, so nothing goes into desired state: one pod's reply, or the fleet's."""
+    """One-shot, so nothing goes into desired state: one pod's reply, or the fleet's.
+
+    A power cut that left a process alive (--signal STOP, or one that would not
+    die) is not the cut that was asked for: exit 1."""
     command = lazy_command(args)
     if args.pod:
         namespace, name = parse_pod(args.pod)
         reply = await s.request_pod(namespace, name, command)
-        return Outcome(EXIT_OK, output.lazy(reply), reply)
+        code = EXIT_REFUSED if reply.get("survivors") else EXIT_OK
+        return Outcome(code, _lazy_text(reply), reply)
     alive, lost = await s.expected(command["target"])
-    return _fleet_outcome(await s.broadcast(command, alive, lost), [], results=True)
+    result = await s.broadcast(command, alive, lost)
+    outcome = _fleet_outcome(result, [], results=True)
+    if any(reply.get("survivors") for reply in result.acked.values()):
+        outcome = dataclasses.replace(outcome, code=EXIT_REFUSED)
+    return outcome
 
 
 async def sidecars(s: Session, args: argparse.Namespace) -> Outcome:

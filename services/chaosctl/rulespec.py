@@ -12,6 +12,7 @@ from typing import Any
 from chaosbus import labels
 from chaosbus.durations import parse_duration
 from chaosbus.kvlist import parse_pairs
+from chaosbus.protocol import CommandError, parse_lazy
 from chaosbus.rules import ACTIONS, MAX_TTL_SECONDS, FaultRule, RuleError, new_rule_id
 from chaosbus.sizes import parse_size
 
@@ -50,6 +51,29 @@ def add_rule_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--caller-comm", help="only operations by processes of this name")
     p.add_argument("--seed", type=int, help="make the rule's random choices reproducible")
     p.add_argument("--dry-run", action="store_true", help="count what would happen, inject nothing")
+    cut = p.add_argument_group("power-cut (lazy mode): cut the power at the matching operation")
+    cut.add_argument(
+        "--when",
+        choices=("before", "after"),
+        help="cut before the operation runs (it never happens; the default) or right after it",
+    )
+    cut.add_argument("--signal", help="sent to the app's processes: KILL (default), TERM, 9, ...")
+    cut.add_argument(
+        "--metadata",
+        action="store_true",
+        help="also lose the directory operations no fsync made durable",
+    )
+    cut.add_argument(
+        "--strict-metadata",
+        action="store_true",
+        help="lose directory operations as strict POSIX allows (only a directory fsync "
+        "makes them durable), not as a journaling file system does",
+    )
+    cut.add_argument("--tear-seed", help="tear the unsynced writes at a random cut first")
+    cut.add_argument("--tear-keep", type=parse_size, help="tear: bytes of each file that survive")
+    cut.add_argument("--tear-persist", help="tear: the writes that survive, by number: 1,3,5-7")
+    cut.add_argument("--tear-align", type=parse_size, help="tear: torn writes end on multiples")
+    cut.add_argument("--tear-whole-writes", action="store_true", help="tear between writes only")
 
 
 _ATTR_INTS = ("size", "uid", "gid", "nlink", "ino", "blocks", "rdev")
@@ -67,6 +91,7 @@ _PASSED_THROUGH = (
     "caller_uid",
     "caller_comm",
     "seed",
+    "when",
 )
 
 
@@ -171,11 +196,54 @@ def rule_from_args(args: argparse.Namespace) -> dict[str, Any]:
         rule["expires_at"] = time.time() + args.ttl
     if args.dry_run:
         rule["dry_run"] = True
+    if getattr(args, "signal", None) is not None:
+        rule["signal"] = int(args.signal) if args.signal.strip().isdigit() else args.signal
+    if getattr(args, "metadata", False):
+        rule["metadata"] = True
+    if getattr(args, "strict_metadata", False):
+        rule["model"] = "strict"
+        rule["metadata"] = True
+    tear = _tear_from_args(args)
+    if tear:
+        rule["tear"] = tear
     try:
-        FaultRule.from_wire(dict(rule))
-    except RuleError as exc:
+        made = FaultRule.from_wire(dict(rule))
+        if made.action == "power-cut":
+            parse_lazy(made.cut_command())  # the cut it will make, checked as the sidecar will
+    except (RuleError, CommandError) as exc:
         raise UsageError(f"invalid rule: {exc}") from None
     return rule
+
+
+def _tear_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    tear: dict[str, Any] = {}
+    if getattr(args, "tear_seed", None) is not None:
+        tear["seed"] = _seed(args.tear_seed)
+    if getattr(args, "tear_keep", None) is not None:
+        tear["keep"] = args.tear_keep
+    if getattr(args, "tear_persist", None) is not None:
+        tear["persist"] = _numbers(args.tear_persist)
+    if tear and getattr(args, "tear_align", None) is not None:
+        tear["align"] = args.tear_align
+    if tear and getattr(args, "tear_whole_writes", False):
+        tear["whole_writes"] = True
+    if not tear and (getattr(args, "tear_align", None) or getattr(args, "tear_whole_writes", 0)):
+        raise UsageError("--tear-align and --tear-whole-writes need --tear-seed, -keep or -persist")
+    return tear
+
+
+def _numbers(text: str) -> list[int]:
+    """1,3,5-7: write numbers as report-unsynced lists them."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise UsageError(f"--tear-persist takes write numbers such as 1,3 or 2-5, got {text!r}")
+        low, high = int(first), int(last) if dash else int(first)
+        if high < low or high - low > 4096:
+            raise UsageError(f"--tear-persist: bad range {part!r}")
+        out.extend(range(low, high + 1))
+    return out
 
 
 def target_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -236,7 +304,8 @@ def lazy_from_args(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError("torn-write takes --seed or --keep, not both")
         if args.seed is None and args.keep is None:
             raise UsageError(
-                "torn-write needs --seed S (a random cut) or --keep BYTES (what survives)"
+                "torn-write needs --seed S (a random cut), --keep BYTES (what survives) "
+                "or --persist N,M (which writes survive)"
             )
         if args.seed is not None:
             fields["seed"] = _seed(args.seed)

@@ -66,12 +66,26 @@ def run(config: Config) -> int:
     ops: ChaosOperations
     if config.lazy:
         try:
-            ops = LazyOperations(table, engine, config.cache_timeout, config.lazy_max_bytes, log)
+            ops = LazyOperations(
+                table,
+                engine,
+                config.cache_timeout,
+                config.lazy_max_bytes,
+                log,
+                expire=config.lazy_expire,
+                interval=config.lazy_flush_interval,
+            )
         except OSError as exc:
             log.error("start_failed", error=f"lazy mode's trash directory: {exc}")
             print(f"chaosfs: cannot prepare lazy mode in {config.original}: {exc}", file=sys.stderr)
             return 1
-        log.info("lazy_mode", max_bytes=config.lazy_max_bytes)
+        log.info(
+            "lazy_mode",
+            max_bytes=config.lazy_max_bytes,
+            metadata=config.lazy_metadata,
+            expire=config.lazy_expire,
+            flush_interval=config.lazy_flush_interval,
+        )
     else:
         ops = ChaosOperations(table, engine, config.cache_timeout)
     options = set(pyfuse3.default_options)

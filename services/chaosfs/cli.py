@@ -18,6 +18,10 @@ from chaosbus.sizes import parse_size
 from chaosbus.subjects import parse_pod
 
 DEFAULT_LAZY_MAX_BYTES = 256 << 20
+# The kernel's: dirty data older than 30 s is written back; the flusher wakes every 5 s.
+DEFAULT_LAZY_EXPIRE = 30.0
+DEFAULT_LAZY_FLUSH_INTERVAL = 5.0
+LAZY_METADATA_MODELS = ("journal", "strict")
 _TRUE = {"1", "true", "yes", "on"}
 
 FLAGS = (
@@ -47,6 +51,12 @@ FLAGS = (
     Flag("nats-user", "NATS user ($NATS_USER)", metavar="USER"),
     Flag(
         "nats-password-file", "file holding the NATS password ($NATS_PASSWORD_FILE)", metavar="FILE"
+    ),
+    Flag(
+        "nats-token-file",
+        "file holding the pod's ServiceAccount token for the auth callout, read again at"
+        " every connect ($NATS_TOKEN_FILE)",
+        metavar="FILE",
     ),
     Flag("nats-creds", "NATS creds file ($NATS_CREDS)", metavar="FILE"),
     Flag("nats-nkey", "NATS nkey seed file ($NATS_NKEY)", metavar="FILE"),
@@ -83,6 +93,25 @@ FLAGS = (
         " ($CHAOSFS_LAZY_MAX_BYTES)",
         metavar="SIZE",
     ),
+    Flag(
+        "lazy-metadata",
+        "what a power cut keeps of directory operations: journal (as ext4 and xfs: a file's"
+        " fsync also makes its creation and renames durable, in order) or strict (only a"
+        " directory fsync does) ($CHAOSFS_LAZY_METADATA; default journal)",
+        metavar="MODEL",
+    ),
+    Flag(
+        "lazy-expire",
+        "write back data and directory operations older than this, as a kernel does; 0 never"
+        " ($CHAOSFS_LAZY_EXPIRE; default 30s)",
+        metavar="DURATION",
+    ),
+    Flag(
+        "lazy-flush-interval",
+        "how often to look for what -lazy-expire says is due ($CHAOSFS_LAZY_FLUSH_INTERVAL;"
+        " default 5s)",
+        metavar="DURATION",
+    ),
     Flag("log-level", "debug, info, warning or error", default="info", metavar="LEVEL"),
     Flag("version", "print the version and exit", default=False, boolean=True),
     Flag("help", "show this help", default=False, boolean=True),
@@ -107,6 +136,9 @@ class Config:
     metrics_addr: str | None = None
     lazy: bool = False
     lazy_max_bytes: int = DEFAULT_LAZY_MAX_BYTES
+    lazy_metadata: str = "journal"
+    lazy_expire: float = DEFAULT_LAZY_EXPIRE
+    lazy_flush_interval: float = DEFAULT_LAZY_FLUSH_INTERVAL
 
     @property
     def pod_ref(self) -> str:
@@ -139,6 +171,7 @@ def parse_config(argv: Sequence[str], env: dict[str, str]) -> Config:
         {
             "user": values["nats-user"],
             "password_file": values["nats-password-file"],
+            "token_file": values["nats-token-file"],
             "creds": values["nats-creds"],
             "nkey": values["nats-nkey"],
             "ca": values["nats-ca"],
@@ -161,6 +194,17 @@ def parse_config(argv: Sequence[str], env: dict[str, str]) -> Config:
         raise FlagError(f"-lazy-max-bytes: {exc}") from None
     if lazy_max < 1:
         raise FlagError("-lazy-max-bytes must be at least 1 byte")
+    lazy_metadata = (
+        values["lazy-metadata"] or env.get("CHAOSFS_LAZY_METADATA") or "journal"
+    ).strip()
+    if lazy_metadata not in LAZY_METADATA_MODELS:
+        raise FlagError(
+            f"-lazy-metadata must be {' or '.join(LAZY_METADATA_MODELS)}, got {lazy_metadata!r}"
+        )
+    lazy_expire = _lazy_duration(values, env, "lazy-expire", DEFAULT_LAZY_EXPIRE)
+    lazy_interval = _lazy_duration(values, env, "lazy-flush-interval", DEFAULT_LAZY_FLUSH_INTERVAL)
+    if lazy_interval <= 0:
+        raise FlagError("-lazy-flush-interval must be above zero")
     return Config(
         original=original,
         mountpoint=mountpoint,
@@ -177,7 +221,24 @@ def parse_config(argv: Sequence[str], env: dict[str, str]) -> Config:
         metrics_addr=values["metrics-addr"],
         lazy=lazy,
         lazy_max_bytes=lazy_max,
+        lazy_metadata=lazy_metadata,
+        lazy_expire=lazy_expire,
+        lazy_flush_interval=lazy_interval,
     )
+
+
+def _lazy_duration(values: dict, env: dict[str, str], flag: str, default: float) -> float:
+    """-lazy-expire and -lazy-flush-interval: a flag, else its variable, else the default."""
+    text = values[flag] or env.get("CHAOSFS_" + flag.upper().replace("-", "_")) or ""
+    if not text.strip():
+        return default
+    try:
+        value = parse_duration(text.strip())
+    except ValueError as exc:
+        raise FlagError(f"-{flag}: {exc}") from None
+    if value < 0:
+        raise FlagError(f"-{flag} must not be negative")
+    return value
 
 
 def read_labels(path: str) -> dict[str, str]:

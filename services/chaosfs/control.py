@@ -14,6 +14,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 import random
 import threading
@@ -25,22 +26,21 @@ import structlog
 import trio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_OP
 
 from chaosbus import __version__, codec, protocol, registry
 from chaosbus.audit import STREAM as AUDIT_STREAM
 from chaosbus.audit import AuditLog, ensure_stream
-from chaosbus.bus import connect
+from chaosbus.bus import BusAuth, connect, pod_inbox_prefix
 from chaosbus.kv import open_bucket
 from chaosbus.rules import METHODS, FaultRule, RuleError
 from chaosbus.subjects import FLEET_COMMAND, pod_command, pod_event
 
-from . import processes
+from . import parsed, processes, provenance
 from .cli import Config
-from .convergence import DesiredState
-from .faults import FaultEngine, RuleState, process_name
+from .convergence import DesiredState, subscribe_last_values
+from .faults import FaultEngine, PowerCut, RuleState, process_name
 from .lazyfs import LazyOperations
 from .passthrough import ChaosOperations
 
@@ -55,6 +55,18 @@ INJECTION_BATCH = 50  # per flush: at most 200 events a second leave a sidecar
 # killed within this time of a fault loses (the rule may fire that once more).
 COUNTERS_SAVE_INTERVAL = 0.5
 SETTLE_TIMEOUT = 1.0  # seconds for what is left on the bus loop to end at shutdown
+# Refused deliveries (see provenance) are audited at most this often: one event stands
+# for all those since the last (its "count"), and every one is counted in the metrics.
+# Whoever can make them can make thousands a second, and each sidecar would audit each.
+REFUSAL_AUDIT_INTERVAL = 1.0
+
+
+def pod_identity(auth: BusAuth) -> bool:
+    """Whether this sidecar connects as its pod (a ServiceAccount token for the auth
+    callout of deploy/nats/nats-callout.conf) rather than as the shared ``sidecar``
+    user of nats.conf. chaos-auth then lets it publish its audit events below its own
+    pod only, and receive replies under its pod's inbox prefix only."""
+    return bool(auth.token or auth.token_file) and not auth.user
 
 
 class MountClosing(protocol.CommandError):
@@ -89,15 +101,29 @@ class BusControl:
         self._rules_moved = asyncio.Event()
         self._events_wake = asyncio.Event()
         self._counters_wake = asyncio.Event()  # the rule set changed: see _keep_counters
+        # When the expiry loop wakes next (wall clock); a rule ending sooner wakes it.
+        self._expiry_wakes_at = math.inf
         # Counters a previous sidecar of this pod left (see _read_counters), by rule id,
         # until desired state has said which rules come back.
         self._restored: dict[str, dict[str, Any]] = {}
         self._digests: dict[str, tuple[FaultRule, str]] = {}
         engine.on_first_event = self._events_queued
+        # Power-cut rules: only a lazy mount has unsynced data to lose; the FUSE thread
+        # hands each cut over through _cut_requested (see faults.PowerCut).
+        engine.power_cuts = isinstance(ops, LazyOperations)
+        engine.on_power_cut = self._cut_requested
+        self._cuts: set[asyncio.Task[None]] = set()
         self.audit: AuditLog | None = None
         self._last_error = ""
         self._last_error_at = 0.0
         self.commands: dict[tuple[str, str], int] = {}  # (op, ok|rejected|error): for metrics
+        self._pod_subject = pod_command(config.namespace, config.pod)
+        self._per_pod = pod_identity(config.auth)
+        # Refusals not audited yet: how many, the latest, and the timer that audits them.
+        self._refused = 0
+        self._refused_last: tuple[provenance.Refusal, str, int] | None = None
+        self._refused_timer: asyncio.TimerHandle | None = None
+        self._refusal_audited_at = -REFUSAL_AUDIT_INTERVAL
         self._thread = threading.Thread(target=self._run, name="chaosfs-bus", daemon=True)
 
     # --- thread lifecycle ---------------------------------------------------------
@@ -117,6 +143,20 @@ class BusControl:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    async def serve(self) -> None:
+        """Run on the calling thread's event loop instead of a thread of its own, until
+        ``stop_serving``. bench/agents.py runs hundreds of control planes on one loop
+        this way: each with its own connection, engine and tasks, as separate sidecars
+        are, but without hundreds of threads taking turns at one interpreter lock,
+        which separate sidecar processes never do."""
+        self._loop.close()  # the one made for a thread of its own, never used then
+        self._loop = asyncio.get_running_loop()
+        await self._main()
+
+    def stop_serving(self) -> None:
+        """From the loop ``serve`` runs on: say goodbye and end."""
+        self._stopping.set()
+
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         try:
@@ -132,7 +172,8 @@ class BusControl:
     async def _main(self) -> None:
         # Expiry and the event feed run whether or not the bus is reachable:
         # a rule's ttl must end it even when nobody can send a recover.
-        self.audit = AuditLog("chaosfs", self.log)
+        scope = (self.config.namespace, self.config.pod) if self._per_pod else ()
+        self.audit = AuditLog("chaosfs", self.log, scope=scope)
         chores = [
             asyncio.create_task(self._expire_rules()),
             asyncio.create_task(self._publish_injections()),
@@ -163,7 +204,7 @@ class BusControl:
             )
             following = asyncio.create_task(desired.run(nc, self._resync))
             chores.append(following)
-            pod_subject = pod_command(self.config.namespace, self.config.pod)
+            pod_subject = self._pod_subject
             await nc.subscribe(pod_subject, cb=functools.partial(self._on_command, fleet=False))
             # A plain subscription, not a queue group: every sidecar must get fleet commands.
             await nc.subscribe(FLEET_COMMAND, cb=functools.partial(self._on_command, fleet=True))
@@ -184,6 +225,9 @@ class BusControl:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._announce("gone"), 1.0)
                 await nc.flush(timeout=1)
+            if self._refused_timer is not None:
+                self._refused_timer.cancel()
+                self._audit_refusals()  # the last ones, not left to a timer that never runs
             await self.audit.stop(timeout=0.5)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 2)
@@ -319,7 +363,7 @@ class BusControl:
             return
         subject = f"{kv._pre}{registry.key(self.config.namespace, self.config.pod)}"
         try:
-            data = await asyncio.wait_for(_last_value(self._nc, kv._stream, subject), 2.0)
+            data = await asyncio.wait_for(_last_value(self._nc, kv._stream, subject), 3.0)
         except Exception as exc:
             # Refused or slow: the rules still come back, with fresh counters.
             self.log.warning("counters_unreadable", error=str(exc) or type(exc).__name__)
@@ -363,16 +407,12 @@ class BusControl:
         """Write the registry entry soon after a budget rule's counters move."""
         written: tuple = ()
         while True:
-            budgets = [
-                r
-                for r in self.engine.rules.rules
-                if r.count is not None or r.after or r.action == "enospc"
-            ]
+            budgets = [r for r in self.engine.rules.rules if _has_budget(r)]
             if not budgets:
-                # Asleep until the rule set changes: idle sidecars cost nothing here.
+                # Asleep until a budget rule comes: idle sidecars cost nothing here.
                 self._counters_wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._counters_wake.wait(), IDLE_RECHECK)
+                    await _until_set(self._counters_wake, IDLE_RECHECK)
                 continue
             await asyncio.sleep(COUNTERS_SAVE_INTERVAL)
             states = self.engine.state
@@ -405,8 +445,15 @@ class BusControl:
             self.audit.record(kind, pod=self.config.pod_ref, **fields)
 
     def _rules_changed(self) -> None:
-        self._rules_moved.set()
-        self._counters_wake.set()
+        # Wake the expiry loop only for a rule that ends before it wakes anyway, and the
+        # counters' loop only when there is a budget to keep: a fleet's rule changes
+        # should cost a sidecar no wake-ups besides.
+        rules = self.engine.rules.rules
+        soonest = min((r.expires_at for r in rules if r.expires_at is not None), default=None)
+        if soonest is not None and soonest < self._expiry_wakes_at:
+            self._rules_moved.set()
+        if any(_has_budget(r) for r in rules):
+            self._counters_wake.set()
 
     def _events_queued(self) -> None:
         """From the FUSE thread: never blocks, and a closed loop has nobody to tell."""
@@ -419,8 +466,10 @@ class BusControl:
             expiries = [r.expires_at for r in self.engine.rules.rules if r.expires_at is not None]
             wait = min(expiries) - time.time() if expiries else IDLE_RECHECK
             if wait > 0:
+                self._expiry_wakes_at = time.time() + min(wait, IDLE_RECHECK)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._rules_moved.wait(), min(wait, IDLE_RECHECK))
+                    await _until_set(self._rules_moved, min(wait, IDLE_RECHECK))
+                self._expiry_wakes_at = math.inf  # awake: it reads the rules again first
             gone = self.engine.expire(time.time())
             if gone:
                 try:
@@ -440,7 +489,7 @@ class BusControl:
                 # no polling, whether rules are in force or not.
                 self._events_wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._events_wake.wait(), IDLE_RECHECK)
+                    await _until_set(self._events_wake, IDLE_RECHECK)
             await asyncio.sleep(INJECTION_FLUSH_INTERVAL)  # then take a batch
             batch = self.engine.drain_events(limit=INJECTION_BATCH)
             nc = self._nc
@@ -467,6 +516,7 @@ class BusControl:
         nats-py retries a first connection by itself when reconnecting is allowed,
         so the attempt is raced against shutdown rather than looped here.
         """
+        inbox = pod_inbox_prefix(self.config.namespace, self.config.pod) if self._per_pod else None
         attempt = asyncio.create_task(
             connect(
                 self.config.nats_url,
@@ -475,6 +525,7 @@ class BusControl:
                 on_reconnect=self._on_reconnect,
                 on_disconnect=self._on_disconnect,
                 on_error=self._on_error,
+                inbox_prefix=inbox,
             )
         )
         stopping = asyncio.create_task(self._stopping.wait())
@@ -566,23 +617,27 @@ class BusControl:
     # --- commands ------------------------------------------------------------------
 
     async def _on_command(self, msg: Msg, *, fleet: bool) -> None:
+        listening_on = FLEET_COMMAND if fleet else self._pod_subject
+        refused = provenance.refusal(msg.subject, msg.reply, msg.headers, listening_on)
+        if refused is not None:
+            await self._refuse(msg, refused, listening_on)
+            return
         if self.handler_delay:
             time.sleep(self.handler_delay)  # deliberately blocks this loop (test hook)
         pod = self.config.pod_ref
         log = self.log.bind(subject=msg.subject)
         command: Any = None
         try:
-            command = codec.decode(msg.data)
-            op = command.get("op")
-            if op not in protocol.OPS:
-                raise protocol.CommandError(
-                    f"unknown op {op!r}; expected one of {', '.join(protocol.OPS)}"
-                )
-            if fleet:
-                target = protocol.Target(command.get("target"))
-                if not target.matches(self.config.namespace, self.config.pod, self.labels):
-                    return  # not for us: stay silent, as a non-subscriber would
-            reply = await self._dispatch(op, command, log, fleet)
+            # Decoded once per process (see parsed): a broadcast reaches every agent of
+            # bench/agents.py with the same bytes.
+            parsed_command = parsed.command(msg.data, fleet)
+            command, op = parsed_command.body, parsed_command.op
+            target = parsed_command.target
+            if target is not None and not target.matches(
+                self.config.namespace, self.config.pod, self.labels
+            ):
+                return  # not for us: stay silent, as a non-subscriber would
+            reply = await self._dispatch(op, command, log, fleet, parsed_command)
             self._count(op, "ok")
         except (codec.DecodeError, protocol.CommandError, RuleError) as exc:
             self._count(command.get("op") if isinstance(command, dict) else None, "rejected")
@@ -604,20 +659,62 @@ class BusControl:
             except Exception as exc:
                 log.warning("reply_failed", error=str(exc))
 
+    async def _refuse(self, msg: Msg, refused: provenance.Refusal, listening_on: str) -> None:
+        """A message the server put on a command subject from a stream: not read, not
+        answered (an answer to an ack subject would be an acknowledgement), counted,
+        logged and audited, at most once per REFUSAL_AUDIT_INTERVAL."""
+        key = ("jetstream", "refused")  # chaosfs_commands{op="jetstream",result="refused"}
+        self.commands[key] = self.commands.get(key, 0) + 1
+        if msg.reply and msg.reply.startswith(provenance.JS_ACK):
+            # Stops the consumer from delivering it again and again (one "response",
+            # which the sidecar's permissions allow to any message it receives).
+            with contextlib.suppress(Exception):
+                await msg.term()
+        self._refused += 1
+        self._refused_last = (refused, listening_on, len(msg.data))
+        if self._refused_timer is not None:
+            return  # already due
+        wait = self._refusal_audited_at + REFUSAL_AUDIT_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._audit_refusals()
+        else:
+            self._refused_timer = asyncio.get_running_loop().call_later(wait, self._audit_refusals)
+
+    def _audit_refusals(self) -> None:
+        """One log line and one ``command.refused`` event for the refusals since the last:
+        the latest one's reason and source, and ``count``, how many it stands for."""
+        self._refused_timer = None
+        if self._refused_last is None:
+            return
+        refused, listening_on, size = self._refused_last
+        where = {"via": listening_on, "count": self._refused, **refused.source}
+        self._refused, self._refused_last = 0, None
+        self._refusal_audited_at = time.monotonic()
+        self.log.warning("command_refused", reason=refused.reason, bytes=size, **where)
+        self._audit("command.refused", reason=refused.reason, actor="unknown", **where)
+
     async def _dispatch(
-        self, op: str, command: dict[str, Any], log: Any, fleet: bool
+        self,
+        op: str,
+        command: dict[str, Any],
+        log: Any,
+        fleet: bool,
+        parsed_command: parsed.Command | None = None,
     ) -> dict[str, Any]:
         pod = self.config.pod_ref
         engine = self.engine
         actor = str(command.get("actor") or "unknown")
         if op == "set":
-            rules = protocol.parse_rules(command)
+            if parsed_command is None:
+                parsed_command = parsed.Command(command, op, None)
+            # Parsed and put in wire form once per process; shared, never changed.
+            rules, wires = parsed_command.rules()
             changed = engine.set_rules(rules)
             self._rules_changed()
             await self._drop_caches(changed)
             log.info("rules_set", rules=[r.id for r in rules], actor=actor)
-            self._audit("rule.set", actor=actor, fleet=fleet, rules=[r.to_wire() for r in rules])
-            return protocol.ok(pod, rules=[r.to_wire() for r in rules])
+            self._audit("rule.set", actor=actor, fleet=fleet, rules=wires)
+            return protocol.ok(pod, rules=wires)
         if op == "recover":
             how, value = protocol.parse_recover(command)
             if how == "all":
@@ -685,11 +782,14 @@ class BusControl:
         action = protocol.parse_lazy(command)
         pod = self.config.pod_ref
         where = {"actor": actor, "fleet": fleet, "path": action.path}
+        # The directory-operation model of this cut: the command's, or this sidecar's.
+        model = action.model or getattr(self.config, "lazy_metadata", "journal")
         if action.op == "report-unsynced":
-            report = await self._on_trio(ops.unsynced, action.path_regex)
+            report = await self._on_trio(ops.unsynced, action.path_regex, model)
             self._audit(
                 "unsynced.reported",
                 **where,
+                model=model,
                 files=len(report["files"]),
                 bytes=report["bytes"],
                 dir_ops=len(report["dir_ops"]),
@@ -704,56 +804,123 @@ class BusControl:
             victims = await loop.run_in_executor(None, processes.users_of, self.config.mountpoint)
             survivors = await loop.run_in_executor(None, processes.kill_all, victims, action.signal)
             killed = [{"pid": v.pid, "comm": v.comm} for v in victims if v not in survivors]
-        if action.op == "torn-write":
-            report, targets = await self._on_trio(
+        torn: dict[str, Any] | None = None
+        targets: list[Any] = []
+        if action.tear is not None:
+            tear = action.tear
+            torn, targets = await self._on_trio(
                 ops.tear,
                 action.path_regex,
-                action.seed,
-                action.keep,
-                action.whole_writes,
-                action.align,
+                tear.seed,
+                tear.keep,
+                tear.whole_writes,
+                tear.align,
+                tear.persist,
+                # A cut's own kill stopped the writers; one it could not stop is warned of.
+                action.force or action.op == "power-cut",
             )
+        if action.op == "torn-write":
+            report = torn or {}
         else:
-            report, targets = await self._on_trio(ops.lose, action.path_regex, action.metadata)
+            report, lost_targets = await self._on_trio(
+                ops.lose, action.path_regex, action.metadata, model
+            )
+            targets += lost_targets
         # Drop what the kernel caches of those files and names: the next read must
         # see what survived, not the page cache's memory of what did not.
         await loop.run_in_executor(None, _invalidate, targets)
         figures = {"files": report["files"], "dir_ops": len(report.get("dir_ops", []))}
+        tear_fields: dict[str, Any] = {}
+        if action.tear is not None:
+            tear_fields = {
+                "seed": action.tear.seed,
+                "keep": action.tear.keep,
+                "persist": list(action.tear.persist) if action.tear.persist else None,
+            }
         if action.op == "torn-write":
-            log.info("unsynced_torn", seed=action.seed, keep=action.keep, **where, **figures)
+            log.info("unsynced_torn", **tear_fields, **where, **figures)
             self._audit(
                 "unsynced.torn",
                 **where,
-                seed=action.seed,
-                keep=action.keep,
+                **tear_fields,
+                force=action.force,
                 kept=report["kept"],
                 lost=report["lost"],
+                warnings=report.get("warnings", []),
                 **figures,
             )
             return protocol.ok(pod, torn=report)
         if action.op == "power-cut":
+            alive = [{"pid": v.pid, "comm": v.comm} for v in survivors]
             log.warning("power_cut", killed=killed, survivors=len(survivors), **where, **figures)
             self._audit(
                 "power.cut",
                 **where,
                 signal=action.signal,
                 metadata=action.metadata,
+                model=model,
                 killed=killed,
-                survivors=[{"pid": v.pid, "comm": v.comm} for v in survivors],
+                survivors=alive,
                 bytes=report["bytes"],
+                torn=None if torn is None else {"kept": torn["kept"], "lost": torn["lost"]},
+                **tear_fields,
                 **figures,
             )
-            return protocol.ok(
-                pod,
-                killed=killed,
-                survivors=[{"pid": v.pid, "comm": v.comm} for v in survivors],
-                lost=report,
-            )
-        log.warning("unsynced_lost", metadata=action.metadata, **where, **figures)
+            extra: dict[str, Any] = {} if torn is None else {"torn": torn}
+            return protocol.ok(pod, killed=killed, survivors=alive, lost=report, **extra)
+        log.warning("unsynced_lost", metadata=action.metadata, model=model, **where, **figures)
         self._audit(
-            "unsynced.lost", **where, metadata=action.metadata, bytes=report["bytes"], **figures
+            "unsynced.lost",
+            **where,
+            metadata=action.metadata,
+            model=model,
+            bytes=report["bytes"],
+            **figures,
         )
         return protocol.ok(pod, lost=report)
+
+    # --- power-cut rules: the cut a rule's operation triggered ------------------------
+
+    def _cut_requested(self, cut: PowerCut) -> bool:
+        """From the FUSE thread: schedule the cut here; never blocks."""
+        try:
+            self._loop.call_soon_threadsafe(self._start_cut, cut)
+        except RuntimeError:
+            return False  # the bus loop has closed: the mount is going away
+        return True
+
+    def _start_cut(self, cut: PowerCut) -> None:
+        task = self._loop.create_task(self._rule_cut(cut))
+        self._cuts.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._cuts.discard)
+
+    async def _rule_cut(self, cut: PowerCut) -> None:
+        """Cut as ``fault power-cut`` does (kill, lose, audit), then let the mount answer."""
+        rule = cut.rule
+        trigger = {
+            "rule": rule.id,
+            "method": cut.method,
+            "trigger_path": cut.path,
+            "operation": cut.operation,
+            "when": rule.when,
+        }
+        log = self.log.bind(**trigger)
+        self._audit("power.cut.triggered", actor=f"rule:{rule.id}", pid=cut.pid, **trigger)
+        result: dict[str, Any] = {}
+        try:
+            reply = await self._lazy(rule.cut_command(), f"rule:{rule.id}", False, log)
+            lost = reply.get("lost") or {}
+            result = {
+                "killed": reply.get("killed", []),
+                "survivors": reply.get("survivors", []),
+                "lost_bytes": lost.get("bytes", 0),
+                "lost_files": len(lost.get("files", {})),
+            }
+        except Exception as exc:
+            log.exception("power_cut_failed")
+            result = {"error": str(exc) or type(exc).__name__}
+        finally:
+            self.engine.cut_done(cut, result)
 
     async def _drop_caches(self, rules: list[FaultRule]) -> None:
         """Make a rule change visible to the very next operation, cached or not."""
@@ -770,13 +937,9 @@ class BusControl:
 
 async def _last_value(nc: Client, stream: str, subject: str) -> bytes | None:
     """The body of the last message on ``subject`` (a KV delete's too), or None."""
-    sub = await nc.jetstream(timeout=1.0).subscribe(
-        subject,
-        stream=stream,
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        inactive_threshold=30.0,
-    )
+    # A named consumer: its filter is then in the subject the server is asked on, which
+    # chaos-auth can grant for this pod's own key and no other.
+    sub = await subscribe_last_values(nc, subject, stream, inactive_threshold=30.0)
     try:
         info = await sub.consumer_info()
         if (info.delivered is None or info.delivered.consumer_seq == 0) and not info.num_pending:
@@ -785,6 +948,22 @@ async def _last_value(nc: Client, stream: str, subject: str) -> bytes | None:
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+def _has_budget(rule: FaultRule) -> bool:
+    """Whether the rule's counters limit it (count, after, quota): they must outlive
+    the process, through the registry entry."""
+    return rule.count is not None or bool(rule.after) or rule.action == "enospc"
+
+
+async def _until_set(event: asyncio.Event, timeout: float) -> None:
+    """Wait for ``event``, at most ``timeout`` seconds; TimeoutError after that.
+
+    Cheaper than ``asyncio.wait_for(event.wait(), timeout)``, which makes a task of
+    the wait each time: these loops wake at every rule change, in every sidecar.
+    """
+    async with asyncio.timeout(timeout):
+        await event.wait()
 
 
 def _saved_counters(item: Any) -> dict[str, Any] | None:

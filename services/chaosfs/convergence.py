@@ -15,6 +15,10 @@ has nothing to send. nats-py's KV watch decides this from a consumer-info reply
 that races the deliveries, and can mark the values complete before the last one,
 or before the first: converging on part of the desired state would remove rules
 that are still wanted and reset their counters.
+
+Every consumer a sidecar makes has a name (see ``NamedConsumer``), so that the
+server is asked on a subject that shows the consumer's filter: the auth callout
+lets a pod read its own desired state and the fleet's, and no other pod's, that way.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE
 
@@ -35,12 +39,15 @@ from chaosbus import codec, desired
 from chaosbus.rules import FaultRule
 from chaosbus.subjects import decode_token
 
+from . import provenance
+
 Apply = Callable[[list[FaultRule]], Awaitable[None]]
 # nats-server 2.11+ marks a key removed by a per-message expiry with this header
 # instead of KV-Operation.
 MARKER_REASON = "Nats-Marker-Reason"
 INACTIVE_THRESHOLD = 300.0  # seconds before the server drops a feed whose sidecar vanished
 COMPLETE = object()  # queued when a feed has delivered every current value
+CONVERGE_SETTLE = 0.1  # seconds a change waits for the rest of its burst
 
 
 class DesiredState:
@@ -89,7 +96,7 @@ class DesiredState:
         getter: asyncio.Task[tuple[str, Any]] | None = None
         try:
             for which, keys in (("fleet", "fleet.>"), ("pod", f"{prefix}.>")):
-                subs.append(await _feed(kv, keys, which, queue))
+                subs.append(await _feed(nc, kv, keys, which, queue))
             fleet: dict[str, desired.Entry] = {}
             pod: dict[str, desired.Entry] = {}
             complete = {"fleet": False, "pod": False}
@@ -106,6 +113,14 @@ class DesiredState:
                         return  # a reconnect: read everything again
                     batch.append(getter.result())
                     getter = None
+                if read:
+                    # Desired state was applied already: let a burst of changes settle
+                    # and apply it once (a fleet recover deletes many keys; a broadcast's
+                    # record lands just before its command, which then sets the rule
+                    # first and leaves the record nothing to change).
+                    await asyncio.sleep(CONVERGE_SETTLE)
+                    while not queue.empty():
+                        batch.append(queue.get_nowait())
                 if restarted.done():
                     return
                 for which, item in batch:
@@ -139,6 +154,16 @@ class DesiredState:
         if headers.get(KV_OP) in (KV_DEL, KV_PURGE) or MARKER_REASON in headers:
             table.pop(rule_id, None)
             return
+        source = provenance.republished_from(headers)
+        if source is not None:
+            # Not written by a role allowed to write desired state: the key holds
+            # nothing trustworthy any more.
+            table.pop(rule_id, None)
+            reason = f"republished from stream {source}, not written to desired state"
+            self.log.warning("desired_entry_refused", key=key, reason=reason)
+            if self.audit is not None:
+                self.audit("desired.rejected", key=key, reason=reason)
+            return
         try:
             table[rule_id] = desired.Entry.from_wire(codec.decode(msg.data))
         except (ValueError, codec.DecodeError) as exc:
@@ -154,22 +179,78 @@ class DesiredState:
         await self.apply(rules)
 
 
-async def _feed(kv: Any, keys: str, which: str, queue: asyncio.Queue[tuple[str, Any]]) -> Any:
+class NamedConsumer(ConsumerConfig):
+    """A consumer config whose name follows its deliver subject.
+
+    With a name, nats-py creates the consumer on
+    ``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>``, a subject NATS permissions
+    can check, and the server holds the request's filter to it. Without one the
+    filter travels in the body only, where permissions cannot see it, so chaos-auth
+    refuses that form. An ordered consumer that falls behind is made again by nats-py
+    with a new deliver subject (an inbox, unique) while the old consumer may still
+    exist: deriving the name from the inbox gives the new one a new name too.
+    """
+
+    def __getattribute__(self, key: str) -> Any:
+        if key == "name":
+            deliver = object.__getattribute__(self, "deliver_subject")
+            if deliver:
+                return "chaosfs_" + deliver.rsplit(".", 1)[-1]
+        return object.__getattribute__(self, key)
+
+
+async def subscribe_last_values(
+    nc: Client,
+    subject: str,
+    stream: str,
+    *,
+    cb: Callable[[Msg], Awaitable[None]] | None = None,
+    inactive_threshold: float = INACTIVE_THRESHOLD,
+) -> Any:
+    """An ordered push consumer of ``stream`` filtered on ``subject``: the last value
+    of each matching subject, then every later one."""
+    sub = await nc.jetstream(timeout=2.0).subscribe(
+        subject,
+        stream=stream,
+        cb=cb,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        inactive_threshold=inactive_threshold,
+        config=NamedConsumer(),
+    )
+    if cb is not None:
+        _stop_flow_control_poll(sub)
+    return sub
+
+
+def _stop_flow_control_poll(sub: Any) -> None:
+    """End nats-py's (2.16) poll for flow-control answers of a callback subscription.
+
+    Every ordered consumer gets a task that wakes four times a second to send a
+    flow-control answer it might have put off. With a callback, nats-py counts a
+    message delivered as soon as it arrives, so it always answers at once and the
+    task never has anything to send; but a thousand sidecars' two thousand of them
+    kept a third of a CPU busy waking up. Should an answer ever be put off, the
+    server's idle heartbeat asks again for a stalled consumer, and nats-py answers
+    that one at once too.
+    """
+    jsi = getattr(getattr(sub, "_sub", None), "_jsi", None)
+    task = getattr(jsi, "_fctask", None)
+    if isinstance(task, asyncio.Task):
+        task.cancel()
+
+
+async def _feed(
+    nc: Client, kv: Any, keys: str, which: str, queue: asyncio.Queue[tuple[str, Any]]
+) -> Any:
     """Start one feed of ``keys`` into ``queue``: (which, message) for each value, then
     for each change; (which, COMPLETE) if the range holds no value at all."""
 
     async def deliver(msg: Msg) -> None:
         queue.put_nowait((which, msg))
 
-    # nats-py 2.16's KeyValue keeps its context, stream and subject prefix here.
-    sub = await kv._js.subscribe(
-        f"{kv._pre}{keys}",
-        stream=kv._stream,
-        cb=deliver,
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        inactive_threshold=INACTIVE_THRESHOLD,
-    )
+    # nats-py 2.16's KeyValue keeps its stream and subject prefix here.
+    sub = await subscribe_last_values(nc, f"{kv._pre}{keys}", kv._stream, cb=deliver)
     try:
         info = await sub.consumer_info()
     except BaseException:

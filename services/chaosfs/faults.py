@@ -6,28 +6,39 @@ that serves FUSE only reads the current set and updates per-rule counters. No
 lock is ever taken on the file-system path, so a stuck control plane cannot
 stall I/O. What the trio side reports back (injection events) goes into a
 bounded deque the bus thread drains; appending never blocks.
+
+A power-cut rule (lazy mode) is decided here too, but the cut itself (killing
+the app's processes, dropping what was never synced) is slow, so the FUSE thread
+only marks the cut point and hands the cut over (``on_power_cut``). From that
+moment until the cut is done (``cut_done``) every operation fails with EIO, as on
+a disk that lost power: nothing the app does after the cut point reaches the disk,
+and no request is held (a killed process waiting on a held request could not die).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import errno as errno_mod
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import re2
+import trio
 
+from chaosbus.clock import SYSTEM_CLOCK, Clock
 from chaosbus.globs import compile_re2, encode
+from chaosbus.protocol import CommandError, parse_lazy
 from chaosbus.rules import MAX_RULES, METHOD_SET, METHODS, FaultRule, RuleError
 
 from .inodes import Inode, InodeTable
 
 EVENTS_PER_SECOND = 100.0  # injection events kept for the bus; the rest are counted
 EVENT_BACKLOG = 4096
+CUT_ERRNO = errno_mod.EIO  # what the mount answers between a cut point and the cut
 
 
 @dataclass(slots=True)
@@ -39,14 +50,48 @@ class RuleState:
     fired: int = 0
     last_fired: float | None = None  # wall clock, for operators
     quota_used: int = 0
+    last_cut: dict[str, Any] | None = None  # power-cut: what the last cut did
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "matched": self.matched,
             "fired": self.fired,
             "last_fired": self.last_fired,
             "quota_used": self.quota_used,
         }
+        if self.last_cut is not None:
+            out["last_cut"] = self.last_cut
+        return out
+
+
+@dataclass(slots=True)
+class PowerCut:
+    """A cut a power-cut rule asked for: made on the FUSE thread, carried out and
+    closed (``FaultEngine.cut_done``) by the bus thread."""
+
+    rule: FaultRule
+    method: str
+    path: str
+    pid: int
+    operation: int  # the rule's matching operation that triggered it (1 is the first)
+    at: float  # wall clock
+    refused: int = 0  # operations answered EIO while the cut was under way
+    # The trio task whose operation a cut "after" lets finish: its engine calls in
+    # the step that triggered the cut still pass (a setattr asks once per field).
+    spared: Any = None
+
+
+class _SpareUntilStepEnds(trio.abc.Instrument):
+    """Ends a cut's exemption of the triggering task once that task yields: by then
+    its operation has made its changes, and whatever it asks next is after the cut."""
+
+    def __init__(self, cut: PowerCut) -> None:
+        self.cut = cut
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.cut.spared:
+            self.cut.spared = None
+            trio.lowlevel.remove_instrument(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +169,10 @@ class Decision:
     """What to do to one operation. The handler applies it in this order: wait
     ``delay``, fail with ``errno``, then shorten, corrupt or limit the data."""
 
-    __slots__ = ("attrs", "delay", "errno", "mistake", "quota", "short")
+    __slots__ = ("attrs", "delay", "errno", "mistake", "quota", "short", "wall")
 
-    def __init__(self) -> None:
+    def __init__(self, wall: Callable[[], float] = SYSTEM_CLOCK.wall) -> None:
+        self.wall = wall  # stamps a quota refusal's firing: the engine's wall clock
         self.delay = 0.0
         self.errno = 0
         self.attrs: list[tuple[str, int]] = []
@@ -163,7 +209,7 @@ class Decision:
         state.quota_used += growth
         if refused:
             state.fired += 1
-            state.last_fired = time.time()
+            state.last_fired = self.wall()
 
     def shorten(self, size: int) -> int:
         """How many of ``size`` bytes to move: fewer, but never zero (zero means EOF)."""
@@ -177,8 +223,15 @@ class Decision:
 
 
 class FaultEngine:
-    def __init__(self, table: InodeTable) -> None:
+    def __init__(self, table: InodeTable, clock: Clock = SYSTEM_CLOCK) -> None:
         self.table = table
+        # Expiry, last_fired and event times are wall-clock time (operators and other
+        # machines read them); the event budget refills on monotonic time, which a
+        # clock being set cannot stall or flood. The two methods are bound once here:
+        # the request path calls them directly, as cheaply as the time module itself.
+        self.clock = clock
+        self._wall = clock.wall
+        self._monotonic = clock.monotonic
         self.rules = RuleSet(0)
         self.state: dict[str, RuleState] = {}
         self.events: collections.deque[tuple] = collections.deque(maxlen=EVENT_BACKLOG)
@@ -189,7 +242,13 @@ class FaultEngine:
         self.managed: set[str] = set()  # ids that desired state put here
         self.fired_by: dict[tuple[str, str], int] = {}  # (action, method): for metrics
         self._budget = EVENTS_PER_SECOND
-        self._budget_at = time.monotonic()
+        self._budget_at = self._monotonic()
+        # Power-cut rules: allowed on a lazy mount only (the bus side says which), and
+        # handed over through on_power_cut, which must never block; it returns whether
+        # the cut will be carried out. ``cutting`` is the cut under way, if any.
+        self.power_cuts = False
+        self.on_power_cut: Callable[[PowerCut], bool] | None = None
+        self.cutting: PowerCut | None = None
 
     # --- trio thread: the request path -------------------------------------------
 
@@ -206,6 +265,8 @@ class FaultEngine:
         return cached[2]
 
     def for_inode(self, method: str, inode: Inode, pid: int = 0, uid: int = 0) -> Decision | None:
+        if self.cutting is not None and self._powerless():
+            return _dead_disk()
         rules = self.rules
         candidates = rules.by_method.get(method)
         if not candidates:
@@ -228,6 +289,8 @@ class FaultEngine:
         self, method: str, parent: Inode, name: bytes, pid: int = 0, uid: int = 0
     ) -> Decision | None:
         """For operations on a name that may not have an inode (create, unlink, ...)."""
+        if self.cutting is not None and self._powerless():
+            return _dead_disk()
         candidates = self.rules.by_method.get(method)
         if not candidates or not self.below(parent):
             return None
@@ -283,7 +346,7 @@ class FaultEngine:
         quotas = self.rules.quotas
         if not quotas:
             return None
-        now = time.time()
+        now = self._wall()
         left = [
             max(0, r.quota - st.quota_used)
             for r in quotas
@@ -308,8 +371,10 @@ class FaultEngine:
             st = states.get(rule.id)
             if st is None:  # recovered between the snapshot read and now
                 continue
+            if rule.action == "power-cut" and self.cutting is not None:
+                continue  # the operation a cut "after" lets finish: one cut at a time
             if rule.expires_at is not None:
-                now = now or time.time()
+                now = now or self._wall()
                 if now >= rule.expires_at:
                     continue
             if rule.caller_filtered and not _caller_matches(rule, pid, uid):
@@ -329,24 +394,91 @@ class FaultEngine:
                     decision = Decision()
                 if decision is not None and decision.quota is None and not rule.dry_run:
                     decision.quota = (rule, st)
+                    decision.wall = self._wall
                 continue
             st.fired += 1
-            st.last_fired = now or time.time()
+            st.last_fired = now or self._wall()
             key = (rule.action, method)
             self.fired_by[key] = self.fired_by.get(key, 0) + 1
             self._record(method, rule, pid, inode, path)
             if rule.dry_run:
+                continue
+            if rule.action == "power-cut":
+                if self._cut(rule, st, method, pid, inode, path) and rule.when == "before":
+                    decision = decision or Decision()
+                    decision.errno = CUT_ERRNO  # the operation never happens
                 continue
             if decision is None:
                 decision = Decision()
             _apply(rule, st, decision)
         return decision
 
+    # --- power cuts: the cut point on the FUSE thread, the cut on the bus thread -------
+
+    def _cut(
+        self,
+        rule: FaultRule,
+        st: RuleState,
+        method: str,
+        pid: int,
+        inode: Inode | None,
+        path: str | None,
+    ) -> bool:
+        """Mark the cut point and hand the cut over; bounded work, never blocks."""
+        handoff = self.on_power_cut
+        if handoff is None or not self.power_cuts:
+            return False
+        if path is None:
+            path = self.table.path(inode) if inode is not None else ""
+        cut = PowerCut(rule, method, path, pid, st.matched, self._wall())
+        if rule.when == "after":
+            with contextlib.suppress(RuntimeError):  # outside trio: nothing to spare
+                cut.spared = trio.lowlevel.current_task()
+                trio.lowlevel.add_instrument(_SpareUntilStepEnds(cut))
+        self.cutting = cut  # from here on the mount is powerless
+        try:
+            accepted = handoff(cut)
+        except Exception:
+            accepted = False
+        if not accepted:  # nobody can carry it out (the bus loop is gone): no gate either
+            self.cutting = None
+        return accepted
+
+    def _powerless(self) -> bool:
+        """Whether this operation comes after the cut point (then it fails with EIO)."""
+        cut = self.cutting
+        if cut is None:
+            return False
+        if cut.spared is not None:
+            with contextlib.suppress(RuntimeError):
+                if trio.lowlevel.current_task() is cut.spared:
+                    return False
+        cut.refused += 1
+        return True
+
+    def cut_done(self, cut: PowerCut, result: dict[str, Any]) -> None:
+        """Bus thread: the cut is over; the mount answers again, and the rule says what
+        the cut did. The rule's state is written before the gate opens, so whoever
+        sees the result also finds the mount answering."""
+        st = self.state.get(cut.rule.id)
+        if st is not None:
+            st.last_cut = {
+                "at": cut.at,
+                "method": cut.method,
+                "path": cut.path,
+                "operation": cut.operation,
+                "when": cut.rule.when,
+                "refused": cut.refused,
+                **result,
+            }
+        if self.cutting is cut:
+            self.cutting = None
+
     def _record(
         self, method: str, rule: FaultRule, pid: int, inode: Inode | None, path: str | None
     ) -> None:
         """Sample an injection event for the bus, within a rate budget."""
-        now = time.monotonic()
+        now = self._monotonic()
         self._budget = min(
             EVENTS_PER_SECOND, self._budget + (now - self._budget_at) * EVENTS_PER_SECOND
         )
@@ -360,7 +492,7 @@ class FaultEngine:
         outcome = "dry-run" if rule.dry_run else _outcome(rule)
         if not self.events and self.on_first_event is not None:
             self.on_first_event()
-        self.events.append((time.time(), method, path, pid, rule.id, outcome))
+        self.events.append((self._wall(), method, path, pid, rule.id, outcome))
 
     # --- bus thread: the only writer -----------------------------------------------
 
@@ -381,6 +513,9 @@ class FaultEngine:
         A rule sent again unchanged keeps its counters (commands and desired state
         often deliver the same rule twice).
         """
+        for rule in incoming:
+            if rule.action == "power-cut":
+                check_cut(rule, self.power_cuts)
         current = {r.id: r for r in self.rules.rules}
         if len(current.keys() | {r.id for r in incoming}) > MAX_RULES:
             raise RuleError(f"a sidecar holds at most {MAX_RULES} rules")
@@ -398,8 +533,10 @@ class FaultEngine:
     def converge(self, wanted: list[FaultRule]) -> tuple[list[FaultRule], list[FaultRule]]:
         """Make the rules desired state manages exactly ``wanted``; leave others alone.
 
-        Returns (rules added or changed, rules removed).
+        Returns (rules added or changed, rules removed). Power-cut rules are left out
+        where the mount is not lazy: a broadcast's set was refused here already.
         """
+        wanted = [r for r in wanted if r.action != "power-cut" or _cut_ok(r, self.power_cuts)]
         current = {r.id: r for r in self.rules.rules}
         wanted_ids = {r.id for r in wanted}
         removed = [current[i] for i in sorted(self.managed - wanted_ids) if i in current]
@@ -453,8 +590,11 @@ class FaultEngine:
         self._publish(tuple(kept))
         return touched
 
-    def expire(self, now: float) -> list[FaultRule]:
-        """Drop rules whose expiry has passed; runs on a timer, bus or no bus."""
+    def expire(self, now: float | None = None) -> list[FaultRule]:
+        """Drop rules whose expiry has passed (at ``now``, else the engine's clock's
+        time); runs on a timer, bus or no bus."""
+        if now is None:
+            now = self._wall()
         gone = [r for r in self.rules.rules if r.expires_at is not None and now >= r.expires_at]
         if gone:
             ids = {r.id for r in gone}
@@ -476,6 +616,36 @@ class FaultEngine:
         while self.events and len(out) < limit:
             out.append(self.events.popleft())
         return out
+
+
+POWER_CUT_NEEDS_LAZY = (
+    "a power-cut rule needs lazy mode (start chaosfs with -lazy): only there is there "
+    "unsynced data for a power cut to lose"
+)
+
+
+def check_cut(rule: FaultRule, lazy: bool) -> None:
+    """Refuse a power-cut rule this mount cannot carry out, or whose cut is invalid."""
+    if not lazy:
+        raise RuleError(POWER_CUT_NEEDS_LAZY)
+    try:
+        parse_lazy(rule.cut_command())
+    except CommandError as exc:
+        raise RuleError(f"rule {rule.id}: its power cut: {exc}") from None
+
+
+def _cut_ok(rule: FaultRule, lazy: bool) -> bool:
+    try:
+        check_cut(rule, lazy)
+    except RuleError:
+        return False  # refused when it was set on this sidecar, logged and audited
+    return True
+
+
+def _dead_disk() -> Decision:
+    decision = Decision()
+    decision.errno = CUT_ERRNO
+    return decision
 
 
 def _caller_matches(rule: FaultRule, pid: int, uid: int) -> bool:
@@ -515,4 +685,6 @@ def _outcome(rule: FaultRule) -> str:
         return f"{rule.action} {names}"
     if rule.action == "latency":
         return f"latency {rule.delay:g}s"
+    if rule.action == "power-cut":
+        return f"power-cut {rule.when}"
     return rule.action

@@ -70,6 +70,9 @@ class TearPlan:
     kept: int  # bytes of written data that survive: the whole writes plus ``partial``
     lost: int  # bytes of written data that do not
     of: int  # how many ops the file held when planned; the plan is for that state only
+    # Instead of a prefix: exactly these ops survive (indices from 0, in write order),
+    # whatever came before or after them, as a disk that reorders its writes allows.
+    subset: tuple[int, ...] | None = None
 
 
 class DirtyFile:
@@ -79,6 +82,14 @@ class DirtyFile:
     size any pending truncate set, overlaid with pending writes; holes read as
     zeros. Sizes are given by the backing file's size, which only ``flush`` and
     ``apply_tear`` change (the passthrough passes in fstat's each time).
+
+    ``base`` is the backing file's size when the file became dirty (None: not
+    known); ``grown`` counts the pending bytes at or past it, or past a pending
+    truncate below it: the blocks a file system with delayed allocation would
+    have reserved for them (st_blocks, and ENOSPC at the call). ``mtime_ns`` and
+    ``ctime_ns`` are the times a page cache shows for the pending changes, set by
+    the caller (no clock here); ``since`` when the file became dirty, for
+    write-back by age.
     """
 
     __slots__ = (
@@ -90,11 +101,16 @@ class DirtyFile:
         "_skips",
         "_starts",
         "_wend",
+        "alloc_base",
+        "ctime_ns",
         "dirty_bytes",
+        "grown",
         "held_bytes",
+        "mtime_ns",
+        "since",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, base: int | None = None, since: float = 0.0) -> None:
         # The op log: (offset, data) for a write, (size, None) for a truncate.
         self._ops: list[tuple[int, bytes | None]] = []
         # The piece table: sorted, non-overlapping [start, end) ranges whose latest
@@ -113,6 +129,13 @@ class DirtyFile:
         self._floor: int | None = None
         self.dirty_bytes = 0  # bytes of content that would be lost: the pieces' lengths
         self.held_bytes = 0  # bytes held in memory: every logged write, overwritten or not
+        # Pending bytes with no block on the backing file yet: pieces at or past
+        # alloc_base (the backing size, or a smaller size a truncate cut it to).
+        self.alloc_base = base if base is not None else 0
+        self.grown = 0
+        self.mtime_ns: int | None = None
+        self.ctime_ns: int | None = None
+        self.since = since
 
     @property
     def pending(self) -> bool:
@@ -141,9 +164,14 @@ class DirtyFile:
         hi = bisect_left(starts, end, lo)  # and so do those starting at or after end
         new_s, new_e, new_b, new_k = [off], [end], [data], [0]
         covered = 0
+        base = self.alloc_base
+        grew = max(0, end - max(off, base))
         if lo < hi:
             for i in range(lo, hi):
-                covered += min(ends[i], end) - max(starts[i], off)
+                a, b = max(starts[i], off), min(ends[i], end)
+                covered += b - a
+                if b > base:
+                    grew -= b - max(a, base)
             if starts[lo] < off:  # the first piece overlapped keeps its head
                 new_s.insert(0, starts[lo])
                 new_e.insert(0, off)
@@ -160,6 +188,7 @@ class DirtyFile:
         bufs[lo:hi] = new_b
         skips[lo:hi] = new_k
         self.dirty_bytes += n - covered
+        self.grown += grew
         if self._size is None:
             self._wend = max(self._wend, end)
         else:
@@ -177,6 +206,12 @@ class DirtyFile:
             removed += ends[cut - 1] - size
             ends[cut - 1] = size
         self.dirty_bytes -= removed
+        if size < self.alloc_base:
+            # Every piece left ends at or before size: none needs a new block past it.
+            self.alloc_base = size
+            self.grown = 0
+        else:
+            self.grown -= removed  # all of it lay at or past size, so past alloc_base
         self._size = size
         self._floor = size if self._floor is None else min(self._floor, size)
 
@@ -267,8 +302,51 @@ class DirtyFile:
         self._bufs.clear()
         self._skips.clear()
         self._size = self._floor = None
-        self._wend = self.dirty_bytes = self.held_bytes = 0
+        self._wend = self.dirty_bytes = self.held_bytes = self.grown = 0
         return lost
+
+    # --- what reports and stat show ---------------------------------------------------
+
+    def blocks(self, backing_blocks: int, block: int) -> int:
+        """st_blocks (512-byte units) as a file system with delayed allocation shows
+        them: the backing file's, less what a pending truncate freed, plus blocks
+        reserved for the pending bytes that have none yet."""
+        block = max(512, block)
+        shown = backing_blocks
+        if self._floor is not None:
+            shown = min(shown, -(-self._floor // block) * (block // 512))
+        return shown + -(-self.grown // block) * (block // 512)
+
+    def changed(self, backing_size: int) -> int:
+        """Bytes a power cut now would change: the pending writes' latest content,
+        plus the span between the size shown and the durable size (a pending
+        ftruncate up, whose zeros would vanish; a truncate down, whose bytes come back)."""
+        now = self.size(backing_size)
+        lo, hi = min(now, backing_size), max(now, backing_size)
+        if lo == hi:
+            return self.dirty_bytes
+        inside = 0  # pending bytes already counted by the span
+        starts, ends = self._starts, self._ends
+        for i in range(bisect_right(ends, lo), len(starts)):
+            if starts[i] >= hi:
+                break
+            inside += min(ends[i], hi) - max(starts[i], lo)
+        return self.dirty_bytes + (hi - lo) - inside
+
+    def listing(self, limit: int) -> list[dict[str, int]]:
+        """The pending ops in write order, numbered from 1 as ``persist`` takes them:
+        ``{"i", "off", "len"}`` for a write, ``{"i", "truncate"}`` for a truncate."""
+        out: list[dict[str, int]] = []
+        for i, (off, data) in enumerate(self._ops[:limit]):
+            if data is None:
+                out.append({"i": i + 1, "truncate": off})
+            else:
+                out.append({"i": i + 1, "off": off, "len": len(data)})
+        return out
+
+    @property
+    def op_count(self) -> int:
+        return len(self._ops)
 
     def tear(
         self,
@@ -277,8 +355,15 @@ class DirtyFile:
         keep: int | None = None,
         whole_writes: bool = False,
         align: int = 1,
+        persist: tuple[int, ...] | None = None,
     ) -> TearPlan:
         """Choose which prefix of the unsynced writes survives; change nothing yet.
+
+        ``persist`` (LazyFS's torn-seq): instead of a prefix, exactly the ops with
+        these numbers (from 1, in write order, as ``listing`` shows them) survive,
+        in their order, and every other one is lost: a later write can survive an
+        earlier one, as on a disk that reorders writes. Numbers past the last op
+        are ignored (another file matched by the same path may have more).
 
         ``keep`` (the offset rule): the first ``keep`` bytes of data written since
         the last flush, in write order, survive, so the write that straddles
@@ -293,6 +378,10 @@ class DirtyFile:
         """
         total = self.held_bytes
         count = len(self._ops)
+        if persist is not None:
+            chosen = tuple(sorted({i - 1 for i in persist if 1 <= i <= count}))
+            kept = sum(len(d) for i in chosen if (d := self._ops[i][1]) is not None)
+            return TearPlan(0, 0, kept, total - kept, count, chosen)
         if keep is None:
             if rng is None:
                 raise TypeError("tear needs an rng or keep")
@@ -324,12 +413,17 @@ class DirtyFile:
         if plan.of != len(self._ops) or plan.ops > len(self._ops):
             raise ValueError("the plan was made for another state of this file")
         survivor = DirtyFile()
-        for off, data in self._ops[: plan.ops]:
+        kept = (
+            self._ops[: plan.ops]
+            if plan.subset is None
+            else [self._ops[i] for i in plan.subset if i < len(self._ops)]
+        )
+        for off, data in kept:
             if data is None:
                 survivor.truncate(off)
             else:
                 survivor.write(off, data)
-        if plan.partial:
+        if plan.partial and plan.subset is None:
             off, data = self._ops[plan.ops]
             assert data is not None
             survivor.write(off, memoryview(data)[: plan.partial])
@@ -347,6 +441,8 @@ class LazyStats:
     flushed_bytes: int = 0
     early_flushes: int = 0  # files written back unasked, to stay under the budget
     early_bytes: int = 0
+    expired_flushes: int = 0  # files written back by age, as a kernel's flusher does
+    expired_bytes: int = 0
     lost_files: int = 0  # by lose-unsynced
     lost_bytes: int = 0
     torn_files: int = 0  # by torn-write
@@ -369,6 +465,7 @@ class LazyCache(Generic[K]):
         # writes back oldest-dirtied inodes first, and so do early flushes here.
         self._files: dict[K, DirtyFile] = {}
         self.held = 0
+        self.grown = 0  # bytes the dirty files need new blocks for (see DirtyFile)
         self.stats = LazyStats()
 
     def __contains__(self, key: K) -> bool:
@@ -395,9 +492,10 @@ class LazyCache(Generic[K]):
         if not data:
             return []
         f = self._file(key)
-        before = f.held_bytes
+        before, grown = f.held_bytes, f.grown
         f.write(off, data)
         self.held += f.held_bytes - before
+        self.grown += f.grown - grown
         if self.held <= self.max_bytes:
             return []
         excess = self.held - self.max_bytes
@@ -411,7 +509,27 @@ class LazyCache(Generic[K]):
         return victims
 
     def truncate(self, key: K, size: int) -> None:
-        self._file(key).truncate(size)
+        f = self._file(key)
+        grown = f.grown
+        f.truncate(size)
+        self.grown += f.grown - grown
+
+    def begin(self, key: K, base: int, since: float = 0.0) -> DirtyFile:
+        """The file ``key`` becomes dirty now, over a backing file of ``base`` bytes
+        (a no-op if it already is)."""
+        f = self._files.get(key)
+        if f is None:
+            f = self._files[key] = DirtyFile(base, since)
+        return f
+
+    def expired(self, before: float) -> list[K]:
+        """Files dirty since ``before`` or earlier, oldest first: due for write-back."""
+        out = []
+        for key, f in self._files.items():  # in the order they became dirty
+            if f.since > before:
+                break
+            out.append(key)
+        return out
 
     def size(self, key: K, backing_size: int) -> int:
         f = self._files.get(key)
@@ -424,17 +542,28 @@ class LazyCache(Generic[K]):
         return f.read(off, size, backing_read, backing_size)
 
     def flush(
-        self, key: K, backing_pwrite: PWrite, backing_truncate: Truncate, *, early: bool = False
+        self,
+        key: K,
+        backing_pwrite: PWrite,
+        backing_truncate: Truncate,
+        *,
+        early: bool = False,
+        expired: bool = False,
     ) -> int:
-        """Write one file back (fsync, or ``early`` to honour the budget); return its bytes."""
+        """Write one file back (fsync, ``early`` to honour the budget, ``expired``
+        by age); return its bytes."""
         f = self._files.get(key)
         if f is None:
             return 0
-        held = f.held_bytes
+        held, grown = f.held_bytes, f.grown
         written = f.flush(backing_pwrite, backing_truncate)  # raises: all kept, retry later
         self.held -= held
+        self.grown -= grown
         del self._files[key]
-        if early:
+        if expired:
+            self.stats.expired_flushes += 1
+            self.stats.expired_bytes += written
+        elif early:
             self.stats.early_flushes += 1
             self.stats.early_bytes += written
         else:
@@ -448,6 +577,7 @@ class LazyCache(Generic[K]):
         if f is None:
             return 0
         self.held -= f.held_bytes
+        self.grown -= f.grown
         return f.drop()
 
     def lose(self, match: Callable[[K], bool] | None = None) -> dict[K, int]:
@@ -456,6 +586,7 @@ class LazyCache(Generic[K]):
         for key in [k for k in self._files if match is None or match(k)]:
             f = self._files.pop(key)
             self.held -= f.held_bytes
+            self.grown -= f.grown
             lost[key] = f.drop()
         self.stats.lost_files += len(lost)
         self.stats.lost_bytes += sum(lost.values())
@@ -470,6 +601,7 @@ class LazyCache(Generic[K]):
         whole_writes: bool = False,
         align: int = 1,
         name: Callable[[K], str] | None = None,
+        persist: tuple[int, ...] | None = None,
     ) -> dict[K, TearPlan]:
         """torn-write: plan each matching file's tear; ``apply_tear`` carries them out.
 
@@ -481,16 +613,19 @@ class LazyCache(Generic[K]):
         for key, f in self._files.items():
             if match is None or match(key):
                 rng = random.Random(f"{seed}:{name(key) if name else key}")
-                plans[key] = f.tear(rng, keep=keep, whole_writes=whole_writes, align=align)
+                plans[key] = f.tear(
+                    rng, keep=keep, whole_writes=whole_writes, align=align, persist=persist
+                )
         return plans
 
     def apply_tear(
         self, key: K, plan: TearPlan, backing_pwrite: PWrite, backing_truncate: Truncate
     ) -> int:
         f = self._files[key]
-        held = f.held_bytes
+        held, grown = f.held_bytes, f.grown
         written = f.apply_tear(plan, backing_pwrite, backing_truncate)
         self.held -= held
+        self.grown -= grown
         del self._files[key]
         self.stats.torn_files += 1
         self.stats.torn_kept_bytes += plan.kept
@@ -505,6 +640,13 @@ class LazyCache(Generic[K]):
 # --- directory operations ------------------------------------------------------------
 
 OpKind = Literal["create", "mkdir", "link", "unlink", "rmdir", "rename", "exchange"]
+# What a power cut keeps of directory operations (see MetaJournal):
+#   journal  as ext4 (data=ordered) and xfs: operations reach the disk in the order
+#            they were made, and a sync of a file commits its creation and the
+#            renames that gave it its name, with every operation made before them;
+#   strict   POSIX alone: only an fsync of the directory makes its entries durable.
+Model = Literal["journal", "strict"]
+MODELS: tuple[Model, ...] = ("journal", "strict")
 UndoAction = Literal["unlink", "rmtree", "rename", "exchange", "restore"]
 EntryMatch = Callable[[K, bytes], bool]  # (directory, name) -> whether a path glob covers it
 
@@ -518,6 +660,7 @@ class DirOp(Generic[K]):
     in the caller's trash directory where the removed entry is parked (unlink,
     rmdir, or the target a rename replaced) until the removal is durable.
     ``child``: the directory created (mkdir) or removed (rmdir, replaced).
+    ``node``: the inode the op gave a name (create, link, mkdir, a rename's source).
     """
 
     seq: int
@@ -528,6 +671,7 @@ class DirOp(Generic[K]):
     to_name: bytes | None = None
     trash: bytes | None = None
     child: K | None = None
+    node: K | None = None
 
     @property
     def dirs(self) -> tuple[K, ...]:
@@ -617,6 +761,15 @@ class MetaJournal(Generic[K]):
     caller deletes their trash entries and stops pinning their ``deps``. Beyond
     ``max_ops`` pending ops the oldest become durable early, as write-back would,
     and are counted.
+
+    That is the strict model. The journal model is kept beside it, so that each
+    power cut may choose: ``committed`` is the newest op a journal commit covered.
+    A journal writes operations in order, so what it keeps is always the oldest
+    ops up to one point: ``sync`` of a file moves the point to the newest op that
+    named it (all of them if the file had pending data: its size and times go
+    into the newest transaction), ``fsyncdir`` to the newest op that changed the
+    directory. Ops stay pending (and parked entries in the trash) until durable
+    in the strict sense too, since a later cut may ask for that model.
     """
 
     def __init__(self, max_ops: int = 10_000) -> None:
@@ -627,6 +780,8 @@ class MetaJournal(Generic[K]):
         self._seq = 0
         self._trash_seq = 0
         self.early_durable = 0
+        self.committed = 0  # journal model: every op with seq up to this is durable
+        self._named: dict[K, int] = {}  # inode -> the newest op that named it (sync's lookup)
 
     def __len__(self) -> int:
         return len(self._ops)
@@ -642,6 +797,10 @@ class MetaJournal(Generic[K]):
 
     def _record(self, op: DirOp[K]) -> list[DirOp[K]]:
         self._ops.append(op)
+        if op.node is not None:
+            self._named[op.node] = op.seq
+            if len(self._named) > 4 * self.max_ops:  # forget inodes no pending op names
+                self._named = {o.node: o.seq for o in self._ops if o.node is not None}
         if len(self._ops) <= self.max_ops:
             return []
         # The oldest first: undoing only newer ops stays consistent.
@@ -656,16 +815,21 @@ class MetaJournal(Generic[K]):
 
     # After the operation succeeded on the backing tree, record it:
 
-    def create(self, dir: K, name: bytes) -> list[DirOp[K]]:
-        """A new file, device node or symlink ``dir/name``."""
-        return self._record(DirOp(self._next(), "create", dir, name))
+    @property
+    def seq(self) -> int:
+        """The newest op's number (ops are numbered from 1 in the order made)."""
+        return self._seq
+
+    def create(self, dir: K, name: bytes, node: K | None = None) -> list[DirOp[K]]:
+        """A new file, device node or symlink ``dir/name`` (the inode ``node``)."""
+        return self._record(DirOp(self._next(), "create", dir, name, node=node))
 
     def mkdir(self, dir: K, name: bytes, child: K | None = None) -> list[DirOp[K]]:
-        return self._record(DirOp(self._next(), "mkdir", dir, name, child=child))
+        return self._record(DirOp(self._next(), "mkdir", dir, name, child=child, node=child))
 
-    def link(self, dir: K, name: bytes) -> list[DirOp[K]]:
-        """A new hard link ``dir/name``."""
-        return self._record(DirOp(self._next(), "link", dir, name))
+    def link(self, dir: K, name: bytes, node: K | None = None) -> list[DirOp[K]]:
+        """A new hard link ``dir/name`` to ``node``."""
+        return self._record(DirOp(self._next(), "link", dir, name, node=node))
 
     def unlink(self, dir: K, name: bytes, trash: bytes) -> list[DirOp[K]]:
         """``dir/name`` was parked in the trash as ``trash`` instead of unlinked."""
@@ -685,14 +849,46 @@ class MetaJournal(Generic[K]):
         trash: bytes | None = None,
         child: K | None = None,
         exchange: bool = False,
+        node: K | None = None,
     ) -> list[DirOp[K]]:
-        """``dir/name`` became ``to_dir/to_name``; ``trash``: where the replaced
-        target was parked (``child``: its id if it was a directory); ``exchange``:
-        RENAME_EXCHANGE swapped the two."""
+        """``dir/name`` (the inode ``node``) became ``to_dir/to_name``; ``trash``:
+        where the replaced target was parked (``child``: its id if it was a
+        directory); ``exchange``: RENAME_EXCHANGE swapped the two."""
         kind: OpKind = "exchange" if exchange else "rename"
-        return self._record(DirOp(self._next(), kind, dir, name, to_dir, to_name, trash, child))
+        op = DirOp(self._next(), kind, dir, name, to_dir, to_name, trash, child, node)
+        return self._record(op)
+
+    def sync(self, node: K, everything: bool = False) -> None:
+        """Journal model: an fsync of the file ``node``. Its creation and the renames
+        that named it become durable, with every op made before them; with
+        ``everything`` (it had pending data or a size change) every op so far."""
+        if everything:
+            self.committed = self._seq
+            return
+        seq = self._named.get(node)
+        if seq is None or seq <= self.committed:
+            return
+        at = bisect_left(self._ops, seq, key=lambda op: op.seq)
+        if at < len(self._ops) and self._ops[at].seq == seq:  # not rolled back since
+            self.committed = seq
+
+    def settle(self, through: int) -> list[DirOp[K]]:
+        """Every op numbered up to ``through`` becomes durable in both models (the
+        periodic commit of a journal, the write-back of a kernel); return them."""
+        self.committed = max(self.committed, through)
+        cut = 0
+        while cut < len(self._ops) and self._ops[cut].seq <= through:
+            cut += 1
+        durable, self._ops = self._ops[:cut], self._ops[cut:]
+        return durable
 
     def fsyncdir(self, dir: K) -> list[DirOp[K]]:
+        for op in reversed(self._ops):  # journal: the transaction of its newest change
+            if op.seq <= self.committed:
+                break
+            if dir in op.deps:
+                self.committed = op.seq
+                break
         touched = {dir}
         durable: list[DirOp[K]] = []
         kept: list[DirOp[K]] = []
@@ -710,16 +906,23 @@ class MetaJournal(Generic[K]):
         return durable
 
     def _lost(
-        self, match: Callable[[K], bool] | None, entries: EntryMatch[K] | None = None
+        self,
+        match: Callable[[K], bool] | None,
+        entries: EntryMatch[K] | None = None,
+        model: Model = "strict",
     ) -> list[DirOp[K]]:
+        ops = self._ops
+        if model == "journal":
+            ops = [op for op in ops if op.seq > self.committed]
         if match is None and entries is None:
-            return list(self._ops)
+            return list(ops)
         # An op is lost if it changed a matching directory or entry, or if an older
         # lost op touched a directory it changed too: keeping it while undoing what
-        # it built on would leave a rollback that cannot apply.
+        # it built on would leave a rollback that cannot apply. (Under the journal
+        # model the ops that survive are older than every lost one: unaffected.)
         tainted: set[K] = set()
         lost = []
-        for op in self._ops:
+        for op in ops:
             deps = op.dirs if op.child is None else (*op.dirs, op.child)  # mkdir's too
             if (
                 not tainted.isdisjoint(deps)
@@ -731,10 +934,13 @@ class MetaJournal(Generic[K]):
         return lost
 
     def lost(
-        self, match: Callable[[K], bool] | None = None, entries: EntryMatch[K] | None = None
+        self,
+        match: Callable[[K], bool] | None = None,
+        entries: EntryMatch[K] | None = None,
+        model: Model = "strict",
     ) -> list[DirOp[K]]:
-        """The ops ``lose(match, entries)`` would roll back, oldest first (for reports)."""
-        return self._lost(match, entries)
+        """The ops ``lose(match, entries, model)`` would roll back, oldest first."""
+        return self._lost(match, entries, model)
 
     def undo_plan(self, match: Callable[[K], bool] | None = None) -> list[Undo[K]]:
         """The steps, newest op first, that roll back what a power cut would lose
@@ -742,14 +948,35 @@ class MetaJournal(Generic[K]):
         return [step for op in reversed(self._lost(match)) for step in _inverse(op)]
 
     def lose(
-        self, match: Callable[[K], bool] | None = None, entries: EntryMatch[K] | None = None
+        self,
+        match: Callable[[K], bool] | None = None,
+        entries: EntryMatch[K] | None = None,
+        model: Model = "strict",
     ) -> list[Undo[K]]:
         """lose-unsynced --metadata: forget the lost ops; the caller runs the plan.
 
         ``match`` picks ops by the directories they changed, ``entries`` by the
         names they made, removed or moved (directory, name); with neither, all."""
-        lost = self._lost(match, entries)
+        return self.cut(match, entries, model)[1]
+
+    def cut(
+        self,
+        match: Callable[[K], bool] | None = None,
+        entries: EntryMatch[K] | None = None,
+        model: Model = "strict",
+    ) -> tuple[list[DirOp[K]], list[Undo[K]], list[DirOp[K]]]:
+        """A power cut: (the ops lost, oldest first; the plan that rolls them back;
+        the ops it covered that survived it, durable from now on in both models).
+
+        What survived a power cut is on the disk: a later cut under the other
+        model must not take it back."""
+        lost = self._lost(match, entries, model)
         plan = [step for op in reversed(lost) for step in _inverse(op)]
         gone = {op.seq for op in lost}
+        survivors: list[DirOp[K]] = []
+        if model == "journal":
+            covered = self._lost(match, entries, "strict")
+            survivors = [op for op in covered if op.seq <= self.committed]
+            gone |= {op.seq for op in survivors}
         self._ops = [op for op in self._ops if op.seq not in gone]
-        return plan
+        return lost, plan, survivors

@@ -13,6 +13,15 @@
 - The control plane asks, on the trio thread, for what is unsynced
   (``unsynced``), for it to be lost (``lose``), or torn (``tear``); each returns
   what the kernel must forget (see ``control._invalidate``).
+- What stat shows is what a page cache with delayed allocation shows: the
+  pending size, blocks reserved for pending data, mtime and ctime of the last
+  write or truncate (and a time the program set explicitly, kept through the
+  write-back). Errors the backing file system would give at the call are given
+  at the call: EFBIG past its largest file, ENOSPC when pending data would not
+  fit in its free space.
+- A timer writes back what has been dirty longer than ``expire`` seconds, and
+  makes directory operations that old durable, as a kernel's flusher threads
+  and a journal's periodic commit do (0: never).
 
 A clean stop writes everything back and empties the trash: a pod that is shut
 down loses nothing, as a machine that unmounts cleanly loses nothing.
@@ -20,26 +29,32 @@ down loses nothing, as a machine that unmounts cleanly loses nothing.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import resource
 import shutil
 import stat
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import pyfuse3
 import structlog
-from pyfuse3 import EntryAttributes, FileInfo, RequestContext
+import trio
+from pyfuse3 import EntryAttributes, FileInfo, RequestContext, SetattrFields
+
+from chaosbus.protocol import CommandError
 
 from . import sysio
 from .faults import FaultEngine
 from .inodes import ROOT, Inode, InodeTable
-from .lazy import DirOp, LazyCache, MetaJournal, Undo
-from .passthrough import ChaosOperations, DirHandle, FileHandle
+from .lazy import DirOp, DirtyFile, LazyCache, MetaJournal, Model, Undo
+from .passthrough import AT_FDCWD, ChaosOperations, DirHandle, FileHandle
 
 # Beside the data, on the same file system (renames into it are atomic and
 # free), and never shown through the mount.
@@ -51,6 +66,22 @@ Key = tuple[int, int]  # (st_dev, st_ino): stable while the kernel forgets and r
 # Invalidations for the kernel: (node id, 0, b"") drops an inode's cached pages and
 # attributes, (0, parent node id, name) a directory entry; see control._invalidate.
 Invalidation = tuple[int, int, bytes]
+# The kernel's defaults: dirty data older than 30 s is written back
+# (vm.dirty_expire_centisecs), the flusher looks every 5 s (dirty_writeback_centisecs).
+DEFAULT_EXPIRE = 30.0
+DEFAULT_INTERVAL = 5.0
+# Pending directory operations at most (each may park an entry in the trash);
+# beyond it the oldest become durable early, as a journal that fills up commits.
+MAX_DIR_OPS = 4096
+# Unsynced writes report-unsynced lists per file (by number, for torn-write --persist).
+LISTED_WRITES = 256
+# Times shown for files written back, remembered at most (see _entry).
+CTIMES_KEPT = 65536
+# How long a free-space reading stays good for the ENOSPC check (other writers share
+# the file system).
+SPACE_RECHECK = 1.0
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_T = TypeVar("_T")
 
 
 class LazyOperations(ChaosOperations):
@@ -61,11 +92,29 @@ class LazyOperations(ChaosOperations):
         cache_timeout: float,
         max_bytes: int,
         log: structlog.stdlib.BoundLogger | None = None,
+        *,
+        expire: float = DEFAULT_EXPIRE,
+        interval: float = DEFAULT_INTERVAL,
+        max_dir_ops: int = MAX_DIR_OPS,
     ) -> None:
         super().__init__(table, faults, cache_timeout)
         self.log = log or structlog.get_logger("chaosfs")
         self.cache: LazyCache[Key] = LazyCache(max_bytes)
-        self.journal: MetaJournal[Key] = MetaJournal()
+        self.journal: MetaJournal[Key] = MetaJournal(max_dir_ops)
+        # Write-back by age (0: off): files dirty longer than expire, directory ops
+        # older than that, looked for every interval seconds.
+        self.expire = expire
+        self.interval = interval if interval > 0 else DEFAULT_INTERVAL
+        self.checkpoints: collections.deque[tuple[float, int]] = collections.deque()
+        self.expired_dir_ops = 0
+        # ctime shown for a file written back: (shown, the backing ctime it stands
+        # for). The write-back itself changed the backing ctime, which a page cache's
+        # write-back would not; once anything else changes it, the backing is right.
+        self.ctimes: collections.OrderedDict[Key, tuple[int, int]] = collections.OrderedDict()
+        # Free space: good until the dirty files need more than space_ok new bytes
+        # or SPACE_RECHECK passed.
+        self.space_ok = -1
+        self.space_at = 0.0
         # A writable descriptor per dirty file: write-back goes through it, also
         # after every handle closed or the kernel forgot the node.
         self.writers: dict[Key, int] = {}
@@ -78,6 +127,13 @@ class LazyOperations(ChaosOperations):
         self.parked: dict[Key, int] = {}  # links of an inode parked in the trash
         self.parked_as: dict[bytes, Key] = {}  # trash name -> the inode parked there
         self.trash_fd = self._open_trash(table.root.fd)
+        self.max_file_size = _largest_file(self.trash_fd)
+
+    def init(self) -> None:
+        # Called by pyfuse3 inside the trio run, before the first request.
+        super().init()
+        if self.expire > 0:
+            trio.lowlevel.spawn_system_task(self._timer, name="lazy write-back")
 
     # --- the trash --------------------------------------------------------------------
 
@@ -121,12 +177,29 @@ class LazyOperations(ChaosOperations):
 
     def _entry(self, inode: Inode, st: os.stat_result) -> EntryAttributes:
         entry = super()._entry(inode, st)
-        dirty = self.cache.get(inode.key)
+        key = inode.key
+        dirty = self.cache.get(key)
         if dirty is not None:
             entry.st_size = dirty.size(st.st_size)
-        parked = self.parked.get(inode.key)
+            entry.st_blocks = dirty.blocks(st.st_blocks, st.st_blksize)
+            if dirty.mtime_ns is not None:
+                entry.st_mtime_ns = dirty.mtime_ns
+            if dirty.ctime_ns is not None:
+                entry.st_ctime_ns = max(st.st_ctime_ns, dirty.ctime_ns)
+        elif self.ctimes:
+            shown = self.ctimes.get(key)
+            if shown is not None:
+                if shown[1] == st.st_ctime_ns:
+                    entry.st_ctime_ns = shown[0]
+                else:
+                    del self.ctimes[key]  # changed since through the mount: the backing is right
+        parked = self.parked.get(key)
         if parked:
             entry.st_nlink = max(0, st.st_nlink - parked)
+        if inode.id == ROOT and st.st_nlink > 2:
+            # The trash directory's ".." is a link to the root that no program made
+            # (file systems that count no subdirectory links show 1: left alone).
+            entry.st_nlink -= 1
         return entry
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
@@ -145,14 +218,21 @@ class LazyOperations(ChaosOperations):
 
     # --- data -------------------------------------------------------------------------
 
-    def _dirty(self, node: Inode) -> None:
-        if node.key not in self.writers:
+    def _dirty(self, node: Inode) -> DirtyFile:
+        key = node.key
+        dirty = self.cache.get(key)
+        if dirty is not None and key in self.writers:
+            return dirty
+        fd = self.writers.get(key)
+        if fd is None:
             if len(self.writers) >= self.max_writers:
                 # Many small dirty files (an untar, no fsync) must not run the process
                 # out of descriptors: write back the oldest-dirtied, as write-back would.
                 self._write_back(next(iter(self.writers)), early=True)
-            self.writers[node.key] = os.open(node.proc, os.O_WRONLY)
-            self.paths[node.key] = self.table.path(node)
+            fd = self.writers[key] = os.open(node.proc, os.O_WRONLY)
+            self.paths[key] = self.table.path(node)
+        self.ctimes.pop(key, None)
+        return self.cache.begin(key, os.fstat(fd).st_size, time.monotonic())
 
     def _pread(self, handle: FileHandle, fh: int, size: int, off: int) -> bytes:
         dirty = self.cache.get(handle.inode.key)
@@ -162,7 +242,17 @@ class LazyOperations(ChaosOperations):
 
     def _pwrite(self, handle: FileHandle, fh: int, buf: bytes, off: int) -> int:
         node = handle.inode
-        self._dirty(node)
+        if off + len(buf) > self.max_file_size:
+            # What the backing file system would say at the call, not at fsync.
+            if off >= self.max_file_size:
+                raise OSError(errno.EFBIG, "past the backing file system's largest file")
+            buf = buf[: self.max_file_size - off]
+        dirty = self._dirty(node)
+        growth = max(0, off + len(buf) - max(off, dirty.alloc_base))
+        if growth:
+            buf = self._reserve(buf, growth, handle.uid)
+        now = time.time_ns()
+        dirty.mtime_ns = dirty.ctime_ns = now
         for victim in self.cache.write(node.key, off, buf):
             self._write_back(victim, early=True)
         if fh in self.synchronous:
@@ -171,14 +261,75 @@ class LazyOperations(ChaosOperations):
             # kernel, so this is the only chance.
             self._write_back(node.key)
             os.fdatasync(fh)
+            self.journal.sync(node.key, everything=True)
         return len(buf)
+
+    def _reserve(self, buf: bytes, growth: int, uid: int) -> bytes:
+        """The part of ``buf`` the backing file system has room for, as delayed
+        allocation reserves blocks at write(): all of it, a short write, or ENOSPC."""
+        need = self.cache.grown + growth
+        now = time.monotonic()
+        if need <= self.space_ok and now - self.space_at < SPACE_RECHECK:
+            return buf
+        free = self._free_bytes(uid)
+        if need > free and self._free_trash():
+            free = self._free_bytes(uid)
+        self.space_at = now
+        self.space_ok = self.cache.grown + (free - self.cache.grown) // 2
+        short = need - free
+        if short <= 0:
+            return buf
+        if short >= len(buf):
+            raise OSError(errno.ENOSPC, "no space left for unsynced data")
+        return buf[: len(buf) - short]
+
+    def _free_bytes(self, uid: int) -> int:
+        sv = os.statvfs(self.table.root.fd)
+        # The reserved blocks (ext4's 5 %) are root's, as the kernel gives them.
+        blocks = sv.f_bfree if uid == 0 else sv.f_bavail
+        return blocks * sv.f_frsize
 
     def _size(self, node: Inode, fd: int) -> int:
         return self.cache.size(node.key, os.fstat(fd).st_size)
 
     def _truncate(self, node: Inode, fh: int | None, size: int) -> None:
-        self._dirty(node)
+        if size > self.max_file_size:
+            raise OSError(errno.EFBIG, "past the backing file system's largest file")
+        dirty = self._dirty(node)
         self.cache.truncate(node.key, size)
+        dirty.mtime_ns = dirty.ctime_ns = time.time_ns()
+
+    async def setattr(
+        self,
+        inode: int,
+        attr: EntryAttributes,
+        fields: SetattrFields,
+        fh: int | None,
+        ctx: RequestContext,
+    ) -> EntryAttributes:
+        entry = await super().setattr(inode, attr, fields, fh, ctx)
+        node = self.table.by_id.get(inode)
+        dirty = self.cache.get(node.key) if node is not None else None
+        if node is None or dirty is None or not (fields.update_mtime or fields.update_size):
+            return entry
+        # The time went to the backing file: the page cache shows it from now on,
+        # and the write-back must keep it (tar, cp -p, rsync -t, touch -d).
+        try:
+            st = os.stat(node.fd)
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        if fields.update_mtime:
+            dirty.mtime_ns = st.st_mtime_ns
+        return self._entry(node, st)
+
+    async def statfs(self, ctx: RequestContext) -> pyfuse3.StatvfsData:
+        data = await super().statfs(ctx)
+        if self.cache.grown:
+            # Blocks reserved for unsynced data are not free, as with delayed allocation.
+            used = -(-self.cache.grown // max(1, data.f_frsize))
+            data.f_bfree = max(0, data.f_bfree - used)
+            data.f_bavail = max(0, data.f_bavail - used)
+        return data
 
     async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
         # O_TRUNC empties the file in the cache, not on disk: a power cut brings it back.
@@ -189,7 +340,7 @@ class LazyOperations(ChaosOperations):
                 self._truncate(self.table[inode], None, 0)
             except OSError as exc:
                 await self.release(info.fh)
-                raise pyfuse3.FUSEError(exc.errno) from None
+                raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         return info
 
     async def create(
@@ -208,14 +359,54 @@ class LazyOperations(ChaosOperations):
         await super().release(fh)
 
     def _before_sync(self, handle: FileHandle) -> None:
-        self._write_back(handle.inode.key)
+        key = handle.inode.key
+        had_data = key in self.cache
+        self._write_back(key)
+        # The journal model: the sync commits the file's creation and renames (and,
+        # if it had data or a size change, everything before: see MetaJournal).
+        self.journal.sync(key, everything=had_data)
 
-    def _write_back(self, key: Key, *, early: bool = False) -> None:
+    def _write_back(self, key: Key, *, early: bool = False, expired: bool = False) -> None:
         fd = self.writers.get(key)
-        if fd is not None and key in self.cache:
-            # Raises with everything kept: the caller's fsync fails, as on a sick disk.
-            self.cache.flush(key, partial(os.pwrite, fd), partial(os.ftruncate, fd), early=early)
+        dirty = self.cache.get(key)
+        if fd is not None and dirty is not None:
+            mtime, ctime = dirty.mtime_ns, dirty.ctime_ns
+            if ctime is not None:
+                with contextlib.suppress(OSError):  # a chmod since shows its own ctime
+                    ctime = max(ctime, os.fstat(fd).st_ctime_ns)
+            flush = partial(
+                self.cache.flush,
+                key,
+                partial(os.pwrite, fd),
+                partial(os.ftruncate, fd),
+                early=early,
+                expired=expired,
+            )
+            try:
+                # Raises with everything kept: the caller's fsync fails, as on a sick disk.
+                flush()
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_SPACE or not self._free_trash():
+                    raise
+                flush()
+            self._keep_times(key, fd, mtime, ctime)
         self._clean(key)
+
+    def _keep_times(self, key: Key, fd: int, mtime: int | None, ctime: int | None) -> None:
+        """After a write-back: the backing file shows the times the page cache showed,
+        not the time of the write-back."""
+        try:
+            if mtime is not None:
+                sysio.utimensat(AT_FDCWD, b"/proc/self/fd/%d" % fd, None, mtime, follow=True)
+            st = os.fstat(fd)
+        except OSError as exc:
+            self.log.warning("times_not_kept", path=self._path(key), error=str(exc))
+            return
+        if ctime is not None and ctime < st.st_ctime_ns:
+            self.ctimes[key] = (ctime, st.st_ctime_ns)
+            self.ctimes.move_to_end(key)
+            if len(self.ctimes) > CTIMES_KEPT:
+                self.ctimes.popitem(last=False)
 
     def _clean(self, key: Key) -> None:
         fd = self.writers.pop(key, None)
@@ -300,8 +491,8 @@ class LazyOperations(ChaosOperations):
             return
         if node.is_dir:
             self._retire(self.journal.mkdir(parent.key, name, child=node.key))
-        else:
-            self._retire(self.journal.create(parent.key, name))
+        else:  # a hard link too: undone the same way, and reports tell them apart
+            self._retire(self.journal.create(parent.key, name, node=node.key))
 
     def _parked(self, parent: Inode, name: bytes, key: Key | None) -> bytes | None:
         """Pin ``parent`` and park ``parent/name`` in the trash; its trash name, or
@@ -362,7 +553,9 @@ class LazyOperations(ChaosOperations):
                 self._unpin_all(old_parent, new_parent)
                 raise
             exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
-            op = self.journal.rename(old_parent.key, old, new_parent.key, new, exchange=exchange)
+            op = self.journal.rename(
+                old_parent.key, old, new_parent.key, new, exchange=exchange, node=moved
+            )
             self._retire(op)
         elif _same(source, target):
             self._unpin_all(old_parent, new_parent)  # rename(2) does nothing then
@@ -419,11 +612,62 @@ class LazyOperations(ChaosOperations):
             new,
             trash=trash,
             child=replaced if target_dir else None,
+            node=(source.st_dev, source.st_ino),
         )
         self._retire(op)
 
     def _before_sync_dir(self, handle: DirHandle) -> None:
         self._retire(self.journal.fsyncdir(handle.inode.key))
+
+    # --- space, and write-back by age ---------------------------------------------------
+
+    def _free_trash(self) -> bool:
+        """Out of space: the files parked in the trash hold space a native unlink
+        would have freed. Make their removals durable now (early, as a full journal
+        would commit); return whether any was."""
+        pending = self.journal.pending()
+        last = max((op.seq for op in pending if op.trash is not None), default=0)
+        if not last:
+            return False
+        durable = self.journal.settle(last)
+        self.journal.early_durable += len(durable)
+        self._retire(durable)
+        self.log.warning("trash_freed_early", reason="out of space", dir_ops=len(durable))
+        return True
+
+    async def _with_space(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        try:
+            return await super()._with_space(call, *args, **kwargs)
+        except OSError as exc:
+            if exc.errno not in _OUT_OF_SPACE or not self._free_trash():
+                raise
+        return call(*args, **kwargs)
+
+    async def _timer(self) -> None:
+        """The flusher: every interval, write back what is older than expire."""
+        while True:
+            await trio.sleep(self.interval)
+            try:
+                await self.write_back_expired(time.monotonic())
+            except Exception as exc:  # never end the mount; the next tick tries again
+                self.log.warning("timed_write_back_failed", error=str(exc))
+
+    async def write_back_expired(self, now: float) -> None:
+        before = now - self.expire
+        self.checkpoints.append((now, self.journal.seq))
+        through = 0
+        while self.checkpoints and self.checkpoints[0][0] <= before:
+            through = self.checkpoints.popleft()[1]
+        if through:
+            durable = self.journal.settle(through)
+            self.expired_dir_ops += len(durable)
+            self._retire(durable)
+        for key in self.cache.expired(before):
+            dirty = self.cache.get(key)
+            if dirty is None or dirty.since > before:
+                continue  # synced, or dirtied anew, while others were written back
+            self._write_back(key, expired=True)
+            await trio.sleep(0)  # requests go on between files
 
     # --- for the control plane (trio thread only) -------------------------------------
 
@@ -459,6 +703,11 @@ class LazyOperations(ChaosOperations):
             "unsynced_bytes": sum(self.cache.report().values()),
             "pending_dir_ops": len(self.journal),
             "early_durable_dir_ops": self.journal.early_durable,
+            "expired_dir_ops": self.expired_dir_ops,
+            "trash_entries": len(os.listdir(f"/proc/self/fd/{self.trash_fd}")),
+            "expire": self.expire,
+            "flush_interval": self.interval,
+            "max_file_size": self.max_file_size,
             "stats": {name: getattr(stats, name) for name in stats.__slots__},
         }
 
@@ -473,29 +722,91 @@ class LazyOperations(ChaosOperations):
             out[path] = out.get(path, 0) + n
         return out
 
-    def unsynced(self, regex: re.Pattern[str]) -> dict[str, Any]:
+    def _backing_size(self, key: Key) -> int:
+        fd = self.writers.get(key)
+        try:
+            return os.fstat(fd).st_size if fd is not None else 0
+        except OSError:
+            return 0
+
+    def unsynced(self, regex: re.Pattern[str], model: Model = "journal") -> dict[str, Any]:
+        """What a power cut now would lose: per file, every byte whose content would
+        change (pending writes and size changes); ``with_metadata``, the same for a
+        cut with --metadata under ``model``, which also takes away the files whose
+        creation it undoes; the size changes; each file's unsynced writes by number
+        (torn-write --persist takes them); the directory ops undone."""
         match = self._matcher(regex)
-        files = self._by_path({k: n for k, n in self.cache.report().items() if match(k)})  # type: ignore[arg-type]
-        ops = self.journal.lost(entries=self._entries(regex))
+        files: dict[str, int] = {}
+        sizes: dict[str, dict[str, int]] = {}
+        writes: dict[str, dict[str, Any]] = {}
+        for key in [k for k in self.writers if k in self.cache and match(k)]:
+            dirty = self.cache.get(key)
+            assert dirty is not None
+            path, base = self._path(key), self._backing_size(key)
+            files[path] = files.get(path, 0) + dirty.changed(base)
+            if dirty.size(base) != base:
+                sizes[path] = {"now": dirty.size(base), "after_cut": base}
+            writes[path] = {"count": dirty.op_count, "ops": dirty.listing(LISTED_WRITES)}
+        ops = self.journal.lost(entries=self._entries(regex), model=model)
+        with_metadata = dict(files)
+        for path, n in self._undone_bytes(ops).items():
+            with_metadata[path] = max(with_metadata.get(path, 0), n)
         return {
+            "model": model,
             "files": files,
             "bytes": sum(files.values()),
+            "with_metadata": {"files": with_metadata, "bytes": sum(with_metadata.values())},
+            "sizes": sizes,
+            "writes": writes,
             "dir_ops": [self._describe(op) for op in ops],
         }
 
+    def _undone_bytes(self, ops: list[DirOp[Key]]) -> dict[str, int]:
+        """Bytes that undoing ``ops`` would take away with the names they made: a file
+        created (its only name), everything under a directory made."""
+        out: dict[str, int] = {}
+        for op in ops:
+            if op.kind not in ("create", "mkdir"):
+                continue
+            pin = self.dir_pins.get(op.dir)
+            if pin is None:
+                continue
+            try:
+                st = os.stat(op.name, dir_fd=pin[0], follow_symlinks=False)
+            except OSError:
+                continue  # renamed away since: the rename's own undo brings it back
+            path = self._dir_path(op.dir, op.name)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink - self.parked.get(_key(st), 0) <= 1:
+                size = self.cache.size(_key(st), st.st_size)
+                if size:
+                    out[path] = size
+            elif stat.S_ISDIR(st.st_mode):
+                for child, (key, size) in _tree_files(pin[0], op.name).items():
+                    size = self.cache.size(key, size)
+                    if size:
+                        out[f"{path}/{child}"] = size
+        return out
+
     def lose(
-        self, regex: re.Pattern[str], metadata: bool
+        self, regex: re.Pattern[str], metadata: bool, model: Model = "journal"
     ) -> tuple[dict[str, Any], list[Invalidation]]:
-        """Power went out: drop what matches and was never made durable."""
+        """Power went out: drop what matches and was never made durable; with
+        ``metadata`` also the directory ops ``model`` says did not reach the disk."""
         match = self._matcher(regex)
         names = {key: self._path(key) for key in self.writers}
+        changed = {
+            key: dirty.changed(self._backing_size(key))
+            for key in self.writers
+            if (dirty := self.cache.get(key)) is not None and match(key)
+        }
         lost = self.cache.lose(match)
         files: dict[str, int] = {}
         targets: list[Invalidation] = []
-        for key, n in lost.items():
+        for key in lost:
             path = names.get(key) or self._path(key)
-            files[path] = files.get(path, 0) + n
+            files[path] = files.get(path, 0) + changed.get(key, 0)
             self._clean(key)
+            self.ctimes.pop(key, None)
             node = self.table.by_key.get(key)
             if node is not None:
                 targets.append((node.id, 0, b""))
@@ -503,12 +814,16 @@ class LazyOperations(ChaosOperations):
         failures: list[str] = []
         if metadata:
             entries = self._entries(regex)
-            ops = self.journal.lost(entries=entries)
+            ops = self.journal.lost(entries=entries, model=model)
+            for path, n in self._undone_bytes(ops).items():
+                files[path] = max(files.get(path, 0), n)
             described = [self._describe(op) for op in ops]
-            targets += self._undo(self.journal.lose(entries=entries), failures)
+            ops, plan, survived = self.journal.cut(entries=entries, model=model)
+            targets += self._undo(plan, failures)
             for op in ops:
                 for key in op.dirs:
                     self._unpin(key)
+            self._retire(survived)  # on the disk now, whatever a later cut asks
             self.table.generation += 1
             for key in list(self.writers):  # files whose creation was undone
                 self._drop_if_gone(key)
@@ -517,6 +832,8 @@ class LazyOperations(ChaosOperations):
             "bytes": sum(files.values()),
             "dir_ops": described,
         }
+        if metadata:
+            report["model"] = model
         if failures:
             report["failures"] = failures
         return report, targets
@@ -569,6 +886,25 @@ class LazyOperations(ChaosOperations):
         if node is not None and stat.S_ISDIR(st.st_mode):
             self.table.renumber(node)
 
+    def live_writers(self, keys: set[Key]) -> list[dict[str, Any]]:
+        """Processes still alive that hold one of ``keys`` open for writing."""
+        found: dict[tuple[int, Key], dict[str, Any]] = {}
+        for fh, handle in list(self.files.items()):
+            key = handle.inode.key
+            if key not in keys or (handle.pid, key) in found or not _alive(handle.pid):
+                continue
+            try:
+                mode = fcntl.fcntl(fh, fcntl.F_GETFL) & os.O_ACCMODE
+            except OSError:
+                continue
+            if mode != os.O_RDONLY:
+                found[(handle.pid, key)] = {
+                    "pid": handle.pid,
+                    "comm": _comm(handle.pid),
+                    "path": self._path(key),
+                }
+        return list(found.values())
+
     def tear(
         self,
         regex: re.Pattern[str],
@@ -576,8 +912,15 @@ class LazyOperations(ChaosOperations):
         keep: int | None,
         whole_writes: bool,
         align: int,
+        persist: tuple[int, ...] | None = None,
+        force: bool = True,
     ) -> tuple[dict[str, Any], list[Invalidation]]:
-        """Power went out mid write-back: persist a prefix of each file's unsynced writes."""
+        """Power went out mid write-back: persist a prefix of each file's unsynced
+        writes (or exactly the writes numbered in ``persist``).
+
+        A file a live process is writing is refused unless ``force``: tearing its
+        data while the program goes on writing corrupts it in a way no power cut
+        can (the program never restarts). With ``force`` the reply warns."""
         plans = self.cache.tear(
             self._matcher(regex),
             seed if seed is not None else 0,
@@ -585,7 +928,15 @@ class LazyOperations(ChaosOperations):
             whole_writes=whole_writes,
             align=align,
             name=self._path,  # by path, not inode number: the same history tears the same way
+            persist=persist,
         )
+        writers = self.live_writers(set(plans))
+        if writers and not force:
+            who = ", ".join(f"{w['path']} (pid {w['pid']} {w['comm']})" for w in writers[:5])
+            raise CommandError(
+                f"refusing to tear files a live process is writing: {who}; stop it first "
+                "(power-cut --tear kills, then tears), or pass --force"
+            )
         files: dict[str, dict[str, int]] = {}
         targets: list[Invalidation] = []
         failures: list[str] = []
@@ -609,6 +960,12 @@ class LazyOperations(ChaosOperations):
             "kept": sum(f["kept"] for f in files.values()),
             "lost": sum(f["lost"] for f in files.values()),
         }
+        if writers:
+            report["warnings"] = [
+                f"{w['path']} was being written by pid {w['pid']} ({w['comm']}): torn under it"
+                for w in writers
+            ]
+            self.log.warning("torn_under_a_live_writer", writers=writers)
         if failures:
             report["failures"] = failures
         return report, targets
@@ -645,6 +1002,82 @@ class LazyOperations(ChaosOperations):
                 self.log.error("write_back_failed", path=self._path(key), error=str(exc))
         with contextlib.suppress(OSError):
             os.rmdir(TRASH, dir_fd=self.table.root.fd)  # leave the app's directory as it was
+
+
+def _key(st: os.stat_result) -> Key:
+    return (st.st_dev, st.st_ino)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _tree_files(dir_fd: int, name: bytes, limit: int = 10_000) -> dict[str, tuple[Key, int]]:
+    """The regular files under ``dir_fd/name``: relative path -> (key, backing size),
+    the first ``limit`` entries only (a report must stay quick)."""
+    out: dict[str, tuple[Key, int]] = {}
+    seen = 0
+    try:
+        top = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return out
+    try:
+        for where, _, names, fd in os.fwalk(dir_fd=top, follow_symlinks=False):
+            for child in names:
+                seen += 1
+                if seen > limit:
+                    return out
+                with contextlib.suppress(OSError):
+                    st = os.stat(child, dir_fd=fd, follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode):
+                        rel = os.path.normpath(os.path.join(where, child))
+                        out[rel] = (_key(st), st.st_size)
+    finally:
+        os.close(top)
+    return out
+
+
+def _largest_file(dir_fd: int) -> int:
+    """The largest file size the file system under ``dir_fd`` allows, found by
+    extending a scratch file (sparse: nothing is written) until it says EFBIG."""
+    top = 2**63 - 1
+    name = b"largest-file-probe"
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            os.ftruncate(fd, top)
+            return top
+        except OSError as exc:
+            if exc.errno != errno.EFBIG:
+                return top  # no limit to learn here; the backing file system tells at fsync
+        lo, hi = 0, top
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            try:
+                os.ftruncate(fd, mid)
+                lo = mid
+            except OSError:
+                hi = mid - 1
+        return lo
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)
 
 
 def _empty_directory(dir_fd: int, name: bytes) -> os.stat_result:

@@ -73,6 +73,8 @@ def _lazy_metrics(ops: Any) -> Iterator[Any]:
         ("flushed_bytes", "Bytes written back because a program synced them"),
         ("early_bytes", "Bytes written back early to stay within the budget"),
         ("early_flushes", "Files written back early to stay within the budget"),
+        ("expired_bytes", "Bytes written back by the timer, dirty longer than -lazy-expire"),
+        ("expired_flushes", "Files written back by the timer"),
         ("lost_bytes", "Unsynced bytes dropped by lose-unsynced and power-cut"),
         ("torn_lost_bytes", "Unsynced bytes dropped by torn-write"),
     ):

@@ -1,17 +1,24 @@
-"""``chaosfs-agents``: many mount-less sidecars in one process, for scale tests
-and benchmarks of the control plane.
+"""``bench/agents.py``: many mount-less sidecars in one process, for scale tests
+and benchmarks of the control plane (bus_bench, experiment_bench). A bench
+harness, not part of what chaosbus ships.
 
 Each agent is the real sidecar control plane (commands, fleet broadcasts,
 desired state, registry, heartbeats, audit) over a fault engine, with no FUSE
 mount behind it: what a fleet of a thousand pods looks like to NATS, on one
-machine.
+machine. Each has its own NATS connection, engine and tasks. By default they all
+run on one asyncio loop (BusControl.serve): a real sidecar is a process of its
+own, whose control plane never waits for another sidecar's to let go of the
+interpreter lock, which hundreds of threads in one process would. With
+``--thread-per-agent`` each runs on its own thread and loop instead, as in a
+sidecar, to measure what that contention costs.
 
-Usage: chaosfs-agents --nats URL --count N [--namespace NS] [--labels k=v,...]
+Usage: python bench/agents.py --nats URL --count N [--namespace NS] [--labels k=v,...]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sys
@@ -22,18 +29,17 @@ from collections.abc import Sequence
 
 from chaosbus.bus import BusAuth, default_url
 from chaosbus.logs import configure
-
-from .cli import Config, env_labels
-from .control import BusControl
-from .faults import FaultEngine
-from .inodes import InodeTable
+from chaosfs.cli import Config, env_labels
+from chaosfs.control import BusControl
+from chaosfs.faults import FaultEngine
+from chaosfs.inodes import InodeTable
 
 STOP_TIMEOUT = 10.0  # seconds for every agent to say goodbye and close
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="chaosfs-agents",
+        prog="agents.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -44,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--labels", default="", help="labels of every agent: k=v,k2=v2")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between beats")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--thread-per-agent",
+        action="store_true",
+        help="each agent on a thread and loop of its own (default: all on one loop)",
+    )
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
@@ -67,9 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             auth=BusAuth.resolve({}, os.environ),
         )
         engine = FaultEngine(InodeTable(os.open(empty, os.O_PATH | os.O_DIRECTORY)))
-        agent = BusControl(config, engine, None, None, log.bind(pod=config.pod_ref))
+        agents.append(BusControl(config, engine, None, None, log.bind(pod=config.pod_ref)))
+    if not args.thread_per_agent:
+        asyncio.run(_serve_all(agents))
+        os.rmdir(empty)
+        return 0
+    for agent in agents:
         agent.start()
-        agents.append(agent)
     print(f"{len(agents)} agents running", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -84,6 +99,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent.stop(timeout=max(0.0, deadline - time.monotonic()))
     os.rmdir(empty)
     return 0
+
+
+async def _serve_all(agents: list[BusControl]) -> None:
+    """Every agent on this loop until SIGTERM or SIGINT; then each says goodbye."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    serving = [asyncio.create_task(agent.serve()) for agent in agents]
+    print(f"{len(agents)} agents running", flush=True)
+    await stop.wait()
+    for agent in agents:
+        agent.stop_serving()
+    await asyncio.wait(serving, timeout=STOP_TIMEOUT)
 
 
 if __name__ == "__main__":
