@@ -699,6 +699,20 @@ def test_real_chaosfs_follows_its_desired_state_and_audits_as_its_pod(
             lambda: "chaosbus.audit.chaosfs.a.db-0.sidecar=2Eready" in asyncio.run(audited()),
             what="the sidecar's audit event under its pod",
         )
+        # chaosctl audit finds it by kind, and shows the pod the subject vouches for.
+        bus = stack.bus
+        flags = ["--nats-user", "operator", "--nats-password-file"]
+        flags += [str(bus.password_file("operator")), "--nats-tls-ca", str(bus.ca.cert_path)]
+        command = [str(BIN / "chaosctl"), "--nats", bus.url, *flags, "--json", "audit"]
+        done = subprocess.run(
+            [*command, "--kind", "sidecar.ready"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        events = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        assert any(e.get("origin_pod") == "a/db-0" for e in events), events
     finally:
         sidecar.cleanup()
     log = stack.bus.log.read_text(errors="replace")

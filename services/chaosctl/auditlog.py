@@ -26,7 +26,12 @@ def stamp(subject: str) -> dict[str, str]:
     unlike the ``service`` and ``actor`` its body claims."""
     parts = subject.split(".")
     origin = decode_token(parts[2]) if len(parts) > 3 else "?"
-    return {"subject": subject, "origin": origin}
+    stamped = {"subject": subject, "origin": origin}
+    if len(parts) == 6:
+        # A sidecar with its own identity (the auth callout) publishes only below its
+        # pod, chaosbus.audit.chaosfs.<namespace>.<pod>.<kind>: the pod is vouched for too.
+        stamped["origin_pod"] = f"{decode_token(parts[3])}/{decode_token(parts[4])}"
+    return stamped
 
 
 class _Cursor:
@@ -86,6 +91,10 @@ async def events(
     js = s.nc.jetstream()
     by = encode_token(service) if service else "*"
     subject = f"{SUBJECT_ROOT}.{by}.{encode_token(kind) if kind else '>'}"
+    subjects = [subject]
+    if kind and service in (None, SIDECAR_SERVICE):
+        # Sidecars with their own identity publish below their pod (see stamp).
+        subjects.append(f"{SUBJECT_ROOT}.{SIDECAR_SERVICE}.*.*.{encode_token(kind)}")
     config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
     if since_seq is not None:
         config = ConsumerConfig(
@@ -112,13 +121,14 @@ async def events(
             empty = info.state.messages == 0
             if empty and not follow:
                 continue
-            if not any(_overlap(subject, own) for own in info.config.subjects or ()):
-                continue
-            # A copy each: nats-py fills in the config it is given (deliver subject...).
-            sub = await js.subscribe(
-                subject, stream=stream, ordered_consumer=True, config=copy.deepcopy(config)
-            )
-            cursors.append(_Cursor(order, sub, caught_up=empty))
+            for wanted in subjects:
+                if not any(_overlap(wanted, own) for own in info.config.subjects or ()):
+                    continue
+                # A copy each: nats-py fills in the config it is given (deliver subject...).
+                sub = await js.subscribe(
+                    wanted, stream=stream, ordered_consumer=True, config=copy.deepcopy(config)
+                )
+                cursors.append(_Cursor(order, sub, caught_up=empty))
         # The stored events, merged by time.
         for cursor in cursors:
             await cursor.advance()
