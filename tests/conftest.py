@@ -304,6 +304,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line(
             "markers", f"needs_{capability}: skipped with the reason when the machine lacks it"
         )
+    config.addinivalue_line(
+        "markers",
+        "host_global: acts on the whole host (e.g. drops every page cache); "
+        'on a shared machine, run with -m "not host_global"',
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

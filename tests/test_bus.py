@@ -14,6 +14,7 @@ import pytest
 
 from chaosbus import codec
 from chaosbus.subjects import event_filter
+from conftest import wait_for
 
 GOOD_RULE = {"id": "keep", "action": "errno", "errno": "EIO", "methods": ["read"], "path": "x"}
 
@@ -145,9 +146,7 @@ def _listen(url: str) -> tuple[threading.Event, list, threading.Thread]:
     stop, events = threading.Event(), []
     thread = threading.Thread(target=lambda: asyncio.run(_collect_events(url, stop, events)))
     thread.start()
-    deadline = time.monotonic() + 5
-    while "subscribed" not in events and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: "subscribed" in events, timeout=5, interval=0.01, what="the subscription")
     return stop, events, thread
 
 
@@ -155,9 +154,13 @@ def test_ready_heartbeat_and_gone_events(make_sidecar, nats_server):
     stop, events, thread = _listen(nats_server.url)
     try:
         sc = make_sidecar(pod="ns/evt.pod", extra=["-heartbeat", "300ms"])
-        time.sleep(1.0)
+
+        def kinds_seen() -> list[str]:
+            return [e["kind"] for e in events[1:]]
+
+        wait_for(lambda: kinds_seen().count("heartbeat") >= 2, what="two heartbeats")
         sc.stop()
-        time.sleep(0.3)
+        wait_for(lambda: "gone" in kinds_seen(), what="the gone event")
     finally:
         stop.set()
         thread.join()
@@ -234,16 +237,22 @@ def test_nats_restart_mid_io_loses_nothing_and_sidecar_announces_again(make_side
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        time.sleep(0.3)
+        wait_for(lambda: written, what="the writer to start")
         assert asyncio.run(_ready_events_stream(nats_server.url, create=False)) == 1
         nats_server.stop()
-        time.sleep(1.0)
+        # The server stays down until the writer has gone on for 100 records without it
+        # (rather than for a fixed second): I/O is what must not wait for the bus.
+        at_stop = len(written)
+        wait_for(lambda: len(written) >= at_stop + 100, what="writes while NATS is down")
         nats_server.start()
-        deadline = time.monotonic() + 15
-        readies = 1
-        while time.monotonic() < deadline and readies < 2:
-            time.sleep(0.2)
-            readies = asyncio.run(_ready_events_stream(nats_server.url, create=False))
+
+        def announced_again() -> int:
+            n = asyncio.run(_ready_events_stream(nats_server.url, create=False))
+            return n if n >= 2 else 0
+
+        readies = wait_for(
+            announced_again, timeout=15, interval=0.2, what="a ready event after the restart"
+        )
     finally:
         stop.set()
         thread.join()

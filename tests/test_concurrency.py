@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
+
 BIG = 256  # MiB written, then synced: long enough a sync to see a stall
 
 
@@ -43,11 +45,13 @@ def test_a_long_fsync_does_not_stall_reads_of_other_files(make_sidecar):
         for _ in range(BIG):
             os.write(fd, chunk)
         reader.start()
-        time.sleep(0.1)
+        wait_for(lambda: len(latencies) >= 3, what="the reader to be reading")
         began = time.perf_counter()
         os.fsync(fd)
         sync_time = time.perf_counter() - began
-        time.sleep(0.1)
+        # Two more reads recorded: the one the sync may have held is among them.
+        done = len(latencies)
+        wait_for(lambda: len(latencies) >= done + 2, what="reads after the sync")
     finally:
         stop.set()
         if reader.is_alive():

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 
 import pytest
+from signals import audit, log_offset, sleep_past, wait_desired_state_read
 
 from conftest import AGENTS_CMD, BIN, chaosctl, wait_for
 
@@ -23,6 +23,10 @@ def ctl_json(url: str, *args: str) -> tuple[int, object]:
 
 def rule_ids(sc) -> list[str]:
     return sorted(r["id"] for r in sc.request({"op": "status"})["rules"])
+
+
+def rules_by_id(sc) -> dict[str, dict]:
+    return {r["id"]: r for r in sc.request({"op": "status"})["rules"]}
 
 
 @pytest.fixture
@@ -227,26 +231,6 @@ def test_desired_state_survives_kill_9_and_reaches_late_sidecars(make_sidecar, n
         chaosctl(
             url,
             "fault",
-            "set",
-            "--pod",
-            "a/db-0",
-            "--action",
-            "errno",
-            "--errno",
-            "EIO",
-            "--id",
-            "brief",
-            "--ttl",
-            "1s",
-            "--path",
-            "nothing",
-        ).returncode
-        == 0
-    )
-    assert (
-        chaosctl(
-            url,
-            "fault",
             "broadcast",
             "--selector",
             "app=db",
@@ -259,9 +243,34 @@ def test_desired_state_survives_kill_9_and_reaches_late_sidecars(make_sidecar, n
         ).returncode
         == 0
     )
-    assert rule_ids(sc) == ["brief", "everyone", "keep"]
+    assert (
+        chaosctl(
+            url,
+            "fault",
+            "set",
+            "--pod",
+            "a/db-0",
+            "--action",
+            "errno",
+            "--errno",
+            "EIO",
+            "--id",
+            "brief",
+            "--ttl",
+            "2s",
+            "--path",
+            "nothing",
+        ).returncode
+        == 0
+    )
+    # "brief" is set last, with room for a loaded machine: it must still be in force
+    # here and expire only once the sidecar is down.
+    held = rules_by_id(sc)
+    assert sorted(held) == ["brief", "everyone", "keep"]
+    brief_expires_at = held["brief"]["expires_at"]
     sc.stop(signal.SIGKILL)
-    time.sleep(1.2)  # "brief" expires while the sidecar is down
+    # "brief" expires while the sidecar is down: time passing is what is tested here.
+    sleep_past(brief_expires_at)
     sc.start()
     wait_for(lambda: rule_ids(sc) == ["everyone", "keep"], what="rules restored from KV")
     (sc.mountpoint / "f").write_text("x")
@@ -272,15 +281,18 @@ def test_desired_state_survives_kill_9_and_reaches_late_sidecars(make_sidecar, n
     late = make_sidecar("a/db-1", env={"POD_LABELS": "app=db"})
     wait_for(lambda: rule_ids(late) == ["everyone"], what="the late sidecar converged")
     other = make_sidecar("a/web-0", env={"POD_LABELS": "app=web"})
-    time.sleep(0.5)
+    # It has read the fleet's entries ("everyone" among them) and converged on them.
+    wait_desired_state_read(other, fleet=1)
     assert rule_ids(other) == []
 
     # Recover takes rules out of desired state: a restart does not bring them back.
     assert chaosctl(url, "fault", "recover", "--pod", "a/db-0", "--id", "keep").returncode == 0
     assert chaosctl(url, "fault", "recover", "--pod", "a/db-0", "--id", "everyone").returncode == 0
     sc.stop(signal.SIGKILL)
+    since = log_offset(sc)
     sc.start()
-    time.sleep(0.5)
+    # The restarted sidecar has read its desired state, the withdrawal included.
+    wait_desired_state_read(sc, since, fleet=1)
     assert rule_ids(sc) == []
     assert rule_ids(late) == ["everyone"]  # withdrawn from a/db-0 only
 
@@ -314,12 +326,6 @@ def test_status_shows_drift_from_desired_state(sidecar, nats_server):
     assert data["drift"] == {"missing": ["d1"], "unexpected": ["rogue"], "different": []}
     text = sidecar.ctl("status", "--pod", sidecar.pod).stdout
     assert "missing: d1" in text and "unexpected: rogue" in text
-
-
-def audit(url: str, *args: str) -> list[dict]:
-    done = chaosctl(url, "audit", "--json", *args)
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 def test_audit_trail_replays_filters_and_follows(sidecar, nats_server):

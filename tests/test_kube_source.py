@@ -68,6 +68,8 @@ class Consumer:
         kw.setdefault("namespace", None)
         kw.setdefault("label_selector", None)
         kw.setdefault("backoff", FAST)
+        self.kind, self.namespace, self.selector = kind, kw["namespace"], kw["label_selector"]
+        self.markers = 0
         self._task = asyncio.create_task(self._run(api, kind, kw))
 
     async def _run(self, api: client.ApiClient, kind: Any, kw: dict[str, Any]) -> None:
@@ -77,9 +79,24 @@ class Consumer:
     async def next(self) -> WatchEvent:
         return await asyncio.wait_for(self.queue.get(), WAIT)
 
-    async def quiet(self, seconds: float = 0.15) -> None:
-        await asyncio.sleep(seconds)
-        assert self.queue.empty(), f"unexpected event {self.queue.get_nowait()}"
+    async def quiet(self, k8s: KubeStandin) -> None:
+        """Nothing more is delivered. Rather than wait a while and see nothing (which
+        passes as well when nothing was read at all), make an object this consumer
+        selects and wait for it: the server sends a watch's events in order and the
+        source yields them in order, so the marker's ADDED event coming next proves
+        that no earlier event is on its way."""
+        self.markers += 1
+        name = f"zz-quiet-{self.markers}"
+        labels = {}
+        for term in filter(None, (self.selector or "").split(",")):
+            key, _, value = term.partition("=")  # the selectors used here: k=v and k
+            labels[key] = value or "marker"
+        if self.kind == "namespaces":
+            k8s.create_namespace(name, labels=labels)
+        else:
+            k8s.create_configmap(self.namespace or "chaos", name, labels=labels)
+        event = await self.next()
+        assert (event.type, names(event)) == ("ADDED", {name}), f"unexpected event {event}"
 
     async def stop(self) -> None:
         self._task.cancel()
@@ -137,7 +154,7 @@ def test_initial_list_is_a_reset_of_the_selected_objects_only(tmp_path: Path) ->
 
                 reset = await everywhere.next()
                 assert reset.type == "RESET" and names(reset) == {"tpl-a", "tpl-b", "tpl-z"}
-                await own.quiet()
+                await own.quiet(k8s)
             finally:
                 await own.stop()
                 await everywhere.stop()
@@ -204,7 +221,7 @@ def test_changes_arrive_as_single_object_events(tmp_path: Path) -> None:
                 assert all(len(e.objects) == 1 for e in seen)
                 assert seen[1].objects[0]["data"] == {"t": "a2"}
                 assert seen[0].objects[0]["kind"] == "ConfigMap"
-                await c.quiet()
+                await c.quiet(k8s)
             finally:
                 await c.stop()
 
@@ -242,7 +259,7 @@ def test_an_ended_watch_resumes_without_relist(tmp_path: Path) -> None:
                 k8s.update_configmap("chaos", "tpl-c", {"x": "1"})
                 event = await c.next()
                 assert (event.type, names(event)) == ("MODIFIED", {"tpl-c"})
-                await c.quiet()
+                await c.quiet(k8s)
 
                 assert len(k8s.lists()) == 1
                 rvs = [r.query["resourceVersion"] for r in k8s.watch_requests()]
@@ -291,7 +308,7 @@ def test_gone_forces_a_relist_and_reset(tmp_path: Path) -> None:
                 reset = await c.next()
                 assert reset.type == "RESET" and names(reset) == {"tpl-a"}
                 assert len(k8s.lists()) == 3
-                await c.quiet()
+                await c.quiet(k8s)
             finally:
                 await c.stop()
 
@@ -314,7 +331,7 @@ def test_gone_right_after_a_list_backs_off_before_relisting(tmp_path: Path) -> N
                 assert FAST.initial - 0.001 <= pauses[1]["retry_in"] <= 2 * FAST.initial + 0.001
                 await k8s.wait_for_watches()
                 assert len(k8s.lists()) == 3
-                await c.quiet()
+                await c.quiet(k8s)
             finally:
                 await c.stop()
 
@@ -338,7 +355,7 @@ def test_bookmarks_advance_the_resource_version(tmp_path: Path) -> None:
                 k8s.end_watches()  # queued after the bookmark, so read after it
                 k8s.compact()  # harmless: the bookmark's version is still in history
                 await k8s.wait_for_watches()
-                await c.quiet()  # a bookmark is not an event
+                await c.quiet(k8s)  # a bookmark is not an event
                 assert k8s.watch_requests()[-1].query["resourceVersion"] == bookmark_rv
                 assert len(k8s.lists()) == 1
             finally:
@@ -389,7 +406,7 @@ def test_failed_requests_are_retried_with_backoff(tmp_path: Path) -> None:
                 assert len(c.log.named("kube watch failed")) == 2
                 assert [r.query["resourceVersion"] for r in k8s.watch_requests()[-3:]] == [rv] * 3
                 assert len(k8s.lists()) == lists  # no relist
-                await c.quiet()
+                await c.quiet(k8s)
             finally:
                 await c.stop()
 
@@ -426,7 +443,7 @@ def test_dropped_connections_are_retried_without_loss_or_duplicates(tmp_path: Pa
                 k8s.delete_configmap("chaos", "tpl-a")
                 event = await c.next()
                 assert (event.type, names(event)) == ("DELETED", {"tpl-a"})
-                await c.quiet()
+                await c.quiet(k8s)
                 assert len(k8s.lists()) == 1
             finally:
                 await c.stop()
@@ -462,7 +479,7 @@ def test_namespaces_watch(tmp_path: Path) -> None:
                 k8s.delete_namespace("chaos")
                 event = await every.next()
                 assert (event.type, names(event)) == ("DELETED", {"chaos"})
-                await team.quiet()
+                await team.quiet(k8s)
             finally:
                 await every.stop()
                 await team.stop()

@@ -45,6 +45,7 @@ def lazy(make_sidecar) -> Sidecar:
     return make_sidecar(pod="default/edges-0", extra=["-lazy"])
 
 
+@pytest.mark.host_global  # forget_inodes: the whole host's dentry and inode caches
 def test_a_deleted_unsynced_file_holds_nothing_once_forgotten(lazy):
     mnt = lazy.mountpoint
     fsync_path(mnt)
@@ -60,6 +61,7 @@ def test_a_deleted_unsynced_file_holds_nothing_once_forgotten(lazy):
     assert descriptors(lazy) <= before
 
 
+@pytest.mark.host_global  # forget_inodes: the whole host's dentry and inode caches
 def test_renames_within_one_directory_release_their_directories(lazy):
     mnt = lazy.mountpoint
     fsync_path(mnt)
@@ -117,6 +119,7 @@ def nested(lazy):
     subprocess.run(["umount", "-l", str(below)], check=False)
 
 
+@pytest.mark.host_global  # forget_inodes: the whole host's dentry and inode caches
 def test_another_file_system_below_the_backing_directory(lazy, nested):
     write_file(nested / "f", b"1", sync=True)
     os.unlink(nested / "f")  # cannot be parked: removed for real
@@ -161,6 +164,7 @@ def test_metadata_glob_matches_entries_not_directories(lazy):
     assert sorted(os.listdir(mnt)) == ["sub"]
 
 
+@pytest.mark.host_global  # forget_inodes: the whole host's dentry and inode caches
 def test_a_renamed_file_is_reported_where_it_is_after_the_kernel_forgot_it(lazy):
     mnt = lazy.mountpoint
     write_file(mnt / "a", b"x" * 100)

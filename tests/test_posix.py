@@ -329,6 +329,7 @@ def test_readdir_never_silently_drops_names_when_descriptors_run_out(fs):
 
 
 @pytest.mark.backing
+@pytest.mark.host_global  # drops the whole host's dentry and inode caches
 def test_inodes_the_kernel_forgets_are_released_and_found_again(fs):
     # The kernel forgets inodes it no longer caches; chaosfs must then close their
     # descriptors, and still serve what stays open or is looked up again.
