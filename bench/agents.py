@@ -29,7 +29,8 @@ from collections.abc import Sequence
 
 from chaosbus.bus import BusAuth, default_url
 from chaosbus.logs import configure
-from chaosfs.cli import Config, env_labels
+from chaosfs.cli import env_labels
+from chaosfs.config import Config
 from chaosfs.control import BusControl
 from chaosfs.faults import FaultEngine
 from chaosfs.inodes import InodeTable

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import signal as _signal
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,9 @@ def _only(command: dict[str, Any], allowed: set[str]) -> None:
         raise CommandError(f"unknown field(s) for op {show(command['op'])}: {', '.join(unknown)}")
 
 
-def parse_rules(command: dict[str, Any]) -> list[FaultRule]:
+def parse_rules(command: dict[str, Any], now: float | None = None) -> list[FaultRule]:
+    """The rules of a set command, checked. A rule's ``ttl`` counts from ``now``
+    (wall-clock seconds; the receiving sidecar's clock, or the machine's if None)."""
     _only(command, {"rules"})
     raw = command.get("rules")
     if not isinstance(raw, list) or not raw:
@@ -50,7 +53,7 @@ def parse_rules(command: dict[str, Any]) -> list[FaultRule]:
     rules = []
     for index, item in enumerate(raw):
         try:
-            rules.append(FaultRule.from_wire(item))
+            rules.append(FaultRule.from_wire(item, now=now))
         except RuleError as exc:
             raise CommandError(f"rule {index}: {exc}") from None
     ids = [r.id for r in rules]
@@ -411,13 +414,15 @@ def _holds(digests: bytes, digest: bytes) -> bool:
     return False
 
 
-def fit(reply: dict[str, Any], limit: int) -> bytes:
+def fit(reply: Mapping[str, Any], limit: int) -> bytes:
     """The reply encoded within ``limit`` bytes (the bus's payload limit), never silence.
 
     A status with a thousand long rules can outgrow what NATS carries; it is then cut to
     the rules that fit, with ``rules_omitted`` saying how many were left out. A reply
-    that still cannot fit becomes an error saying so.
+    that still cannot fit becomes an error saying so. Any reply shape of
+    ``chaosbus.wire`` is taken.
     """
+    reply = dict(reply)  # a shallow copy: the codec takes a plain dict
     data = codec.encode(reply)
     if len(data) <= limit:
         return data

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, cast
 
 import nats.errors
 from nats.aio.client import Client
 from nats.js.errors import BucketNotFoundError
 
-from chaosbus import codec, desired, fleet, registry
+from chaosbus import codec, desired, fleet, registry, wire
 from chaosbus.bus import connect
 from chaosbus.fleet import REPLY_LIMIT, FleetResult
 from chaosbus.kv import contents, open_bucket
@@ -71,7 +71,32 @@ class Session:
 
     # --- one sidecar ------------------------------------------------------------------
 
-    async def request_pod(self, namespace: str, name: str, command: dict[str, Any]) -> dict:
+    async def request_pod(self, namespace: str, name: str, command: dict[str, Any]) -> Any:
+        """The reply to any command, as sent (one of ``chaosbus.wire.Reply``); the typed
+        methods below say which shape each op gets back."""
+        return await self._request(namespace, name, command)
+
+    async def set_rules(self, namespace: str, name: str, command: dict[str, Any]) -> wire.SetReply:
+        return cast(wire.SetReply, await self._request(namespace, name, command))
+
+    async def recover(
+        self, namespace: str, name: str, command: dict[str, Any]
+    ) -> wire.RecoverReply:
+        return cast(wire.RecoverReply, await self._request(namespace, name, command))
+
+    async def status(self, namespace: str, name: str) -> wire.StatusReply:
+        reply = await self._request(namespace, name, {"op": "status"})
+        return cast(wire.StatusReply, reply)
+
+    async def methods(self, namespace: str, name: str) -> wire.MethodsReply:
+        reply = await self._request(namespace, name, {"op": "methods"})
+        return cast(wire.MethodsReply, reply)
+
+    async def lazy(self, namespace: str, name: str, command: dict[str, Any]) -> wire.LazyReply:
+        return cast(wire.LazyReply, await self._request(namespace, name, command))
+
+    async def _request(self, namespace: str, name: str, command: dict[str, Any]) -> dict[str, Any]:
+        """The sidecar's reply if it said ``ok``; ``Refused`` with its reason if not."""
         pod = f"{namespace}/{name}"
         try:
             msg = await self.nc.request(
@@ -86,7 +111,8 @@ class Session:
         except codec.DecodeError as exc:
             raise Refused(f"{pod} sent an unreadable reply: {exc}") from None
         if not reply.get("ok"):
-            raise Refused(f"{pod} refused: {reply.get('error', 'no reason given')}")
+            refusal = cast(wire.ErrorReply, reply)
+            raise Refused(f"{pod} refused: {refusal.get('error', 'no reason given')}")
         return reply
 
     # --- the fleet --------------------------------------------------------------------

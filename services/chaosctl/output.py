@@ -1,12 +1,17 @@
-"""What chaosctl prints for a person (``--json`` prints the data instead)."""
+"""What chaosctl prints for a person (``--json`` prints the data instead).
+
+Sidecar replies are read as ``chaosbus.wire`` describes them, the shapes the sidecar's
+command handler builds, so that the type checker holds both sides to one description.
+"""
 
 from __future__ import annotations
 
 import datetime
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
-from chaosbus import registry
+from chaosbus import registry, wire
 from chaosbus.durations import format_duration
 
 from .client import FleetResult
@@ -62,26 +67,26 @@ def rule_line(rule: dict[str, Any]) -> str:
     return f"{rule['id']}: {describe_rule(rule)} (matched {stats.get('matched', 0)}, {fired})"
 
 
-def rules_set(reply: dict[str, Any]) -> str:
+def rules_set(reply: wire.SetReply) -> str:
     return "\n".join(
         f"rule {r['id']} set on {reply['pod']}: {describe_rule(r)}" for r in reply["rules"]
     )
 
 
-def recovered(reply: dict[str, Any]) -> str:
+def recovered(reply: wire.RecoverReply) -> str:
     ids = reply["recovered"]
     return f"recovered {len(ids)} rule(s) on {reply['pod']}" + (
         f": {', '.join(ids)}" if ids else ""
     )
 
 
-def rule_list(reply: dict[str, Any]) -> str:
+def rule_list(reply: wire.RuleList) -> str:
     if not reply["rules"] and not reply.get("rules_omitted"):
         return f"no rules in force on {reply['pod']}"
     return "\n".join([*(rule_line(r) for r in reply["rules"]), *_omitted(reply)])
 
 
-def _omitted(reply: dict[str, Any]) -> list[str]:
+def _omitted(reply: wire.RuleList) -> list[str]:
     """The sidecar cut its answer to fit the bus's payload limit: say so, with how many."""
     n = reply.get("rules_omitted")
     if not isinstance(n, int) or n <= 0:
@@ -89,7 +94,7 @@ def _omitted(reply: dict[str, Any]) -> list[str]:
     return [f"(+{n} more rules not shown: the answer was cut to fit the bus's payload limit)"]
 
 
-def status(reply: dict[str, Any]) -> str:
+def status(reply: wire.StatusReply) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(time.time() - reply["uptime"]))
     lines = [
         f"pod:        {reply['pod']}",
@@ -129,21 +134,25 @@ def fleet(result: FleetResult) -> str:
 MAX_FILES_SHOWN = 50  # per reply; --json has them all
 
 
-def lazy(reply: dict[str, Any]) -> str:
-    """What a lazy-mode action did on one sidecar, file by file, with totals."""
-    pod = reply.get("pod", "?")
-    if "torn" in reply:
-        return _torn(pod, reply["torn"])
-    if "unsynced" in reply:
-        return _unsynced(pod, reply["unsynced"])
-    if "killed" in reply:
-        return _power_cut(pod, reply)
-    if "lost" in reply:
-        return "\n".join(_lost(pod, reply["lost"]))
+def lazy(reply: Mapping[str, Any]) -> str:
+    """What a lazy-mode action did on one sidecar, file by file, with totals.
+
+    Any lazy-mode reply (``wire.LazyReply``); also a part of one that the caller
+    split off, hence a plain mapping here."""
+    typed = cast(wire.LazyReply, reply)
+    pod = typed.get("pod", "?")
+    if "torn" in typed:
+        return _torn(pod, typed["torn"])
+    if "unsynced" in typed:
+        return _unsynced(pod, typed["unsynced"])
+    if "killed" in typed:
+        return _power_cut(pod, typed)
+    if "lost" in typed:
+        return "\n".join(_lost(pod, typed["lost"]))
     return f"{pod}: done (the reply carried no figures)"
 
 
-def _unsynced(pod: str, unsynced: dict[str, Any]) -> str:
+def _unsynced(pod: str, unsynced: wire.UnsyncedReport) -> str:
     files, dir_ops = unsynced.get("files") or {}, unsynced.get("dir_ops") or []
     if not files and not dir_ops:
         return f"{pod}: nothing unsynced; a power cut now would lose nothing"
@@ -158,7 +167,7 @@ def _unsynced(pod: str, unsynced: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _lost(pod: str, lost: dict[str, Any]) -> list[str]:
+def _lost(pod: str, lost: wire.LostReport) -> list[str]:
     files, dir_ops = lost.get("files") or {}, lost.get("dir_ops") or []
     head = f"{pod}: lost {_bytes(lost.get('bytes', 0))} in {_n(len(files), 'file')}"
     if dir_ops:
@@ -169,7 +178,7 @@ def _lost(pod: str, lost: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _torn(pod: str, torn: dict[str, Any]) -> str:
+def _torn(pod: str, torn: wire.TornReport) -> str:
     files = torn.get("files") or {}
     lines = [
         f"{pod}: tore {_n(len(files), 'file')}: kept {_bytes(torn.get('kept', 0))}, "
@@ -181,7 +190,7 @@ def _torn(pod: str, torn: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _power_cut(pod: str, reply: dict[str, Any]) -> str:
+def _power_cut(pod: str, reply: wire.LazyReply) -> str:
     killed, survivors = reply.get("killed") or [], reply.get("survivors") or []
     if killed:
         what = f"killed {_n(len(killed), 'process', 'processes')}: {_procs(killed)}"
@@ -195,22 +204,21 @@ def _power_cut(pod: str, reply: dict[str, Any]) -> str:
     return "\n".join(lines + _lost(pod, reply.get("lost") or {}))
 
 
-def _procs(procs: list[dict[str, Any]]) -> str:
+def _procs(procs: list[wire.Process]) -> str:
     return ", ".join(f"{p.get('pid')} ({p.get('comm', '?')})" for p in procs)
 
 
-def _lazy_status(lazy: dict[str, Any]) -> list[str]:
+def _lazy_status(lazy: wire.LazyStatus) -> list[str]:
     """Status lines of a sidecar in lazy mode (none for one that is not)."""
     if not lazy.get("enabled"):
         return []
-    get = lazy.get
     lines = [
-        f"lazy mode:  {_bytes(get('unsynced_bytes', 0))} unsynced in "
-        f"{_n(get('unsynced_files', 0), 'file')}, "
-        f"{_n(get('pending_dir_ops', 0), 'directory operation')} pending; "
-        f"holding {_bytes(get('held_bytes', 0))} of {_bytes(get('max_bytes', 0))}"
+        f"lazy mode:  {_bytes(lazy.get('unsynced_bytes', 0))} unsynced in "
+        f"{_n(lazy.get('unsynced_files', 0), 'file')}, "
+        f"{_n(lazy.get('pending_dir_ops', 0), 'directory operation')} pending; "
+        f"holding {_bytes(lazy.get('held_bytes', 0))} of {_bytes(lazy.get('max_bytes', 0))}"
     ]
-    stats = get("stats") or {}
+    stats = lazy.get("stats") or {}
     if stats:
         get = stats.get
         lines += [
@@ -224,7 +232,7 @@ def _lazy_status(lazy: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _file_lines(files: dict[str, Any], describe: Any) -> list[str]:
+def _file_lines(files: Mapping[str, Any], describe: Any) -> list[str]:
     names = sorted(files)
     lines = [f"  {name or '.'}: {describe(files[name])}" for name in names[:MAX_FILES_SHOWN]]
     if len(names) > MAX_FILES_SHOWN:
@@ -232,7 +240,7 @@ def _file_lines(files: dict[str, Any], describe: Any) -> list[str]:
     return lines
 
 
-def _dir_op_lines(ops: list[dict[str, Any]], state: str) -> list[str]:
+def _dir_op_lines(ops: list[wire.DirOpView], state: str) -> list[str]:
     lines = []
     for op in ops[:MAX_FILES_SHOWN]:
         move = f" -> {op['to']}" if op.get("to") is not None else ""

@@ -14,8 +14,8 @@ from chaosbus import __version__
 from chaosbus.logs import configure
 
 from . import metrics
-from .cli import Config
-from .control import BusControl
+from .config import Config
+from .control import BusControl, MountedLazy
 from .faults import FaultEngine
 from .inodes import InodeTable
 from .lazyfs import LazyOperations
@@ -127,7 +127,16 @@ async def _serve(config: Config, ops: ChaosOperations, engine: FaultEngine, log)
             if config.pidfile:
                 write_pidfile(config.pidfile)
             log.info("ready", pidfile=config.pidfile)
-            bus = BusControl(config, engine, ops, trio.lowlevel.current_trio_token(), log)
+            token = trio.lowlevel.current_trio_token()
+            # Lazy mode's actions are handed to the control plane only on a lazy mount.
+            lazy = (
+                MountedLazy(ops, token, config.mountpoint)
+                if isinstance(ops, LazyOperations)
+                else None
+            )
+            bus = BusControl(
+                config, engine, ops, token, log, lazy=lazy, handler_delay=config.test_handler_delay
+            )
             bus.start()
             if config.metrics_addr:
                 metrics.serve(config.metrics_addr, engine, bus)

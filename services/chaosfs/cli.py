@@ -1,4 +1,4 @@
-"""The ``chaosfs`` command: the seed's flags, plus the bus."""
+"""The ``chaosfs`` command: Chaos Mesh v0.9's flags, plus the bus."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaosbus import __version__
@@ -17,11 +16,14 @@ from chaosbus.kvlist import parse_pairs
 from chaosbus.sizes import parse_size
 from chaosbus.subjects import parse_pod
 
-DEFAULT_LAZY_MAX_BYTES = 256 << 20
-# The kernel's: dirty data older than 30 s is written back; the flusher wakes every 5 s.
-DEFAULT_LAZY_EXPIRE = 30.0
-DEFAULT_LAZY_FLUSH_INTERVAL = 5.0
-LAZY_METADATA_MODELS = ("journal", "strict")
+from .config import (
+    DEFAULT_LAZY_EXPIRE,
+    DEFAULT_LAZY_FLUSH_INTERVAL,
+    DEFAULT_LAZY_MAX_BYTES,
+    LAZY_METADATA_MODELS,
+    Config,
+)
+
 _TRUE = {"1", "true", "yes", "on"}
 
 FLAGS = (
@@ -41,7 +43,9 @@ FLAGS = (
         metavar="NS/NAME",
     ),
     Flag(
-        "addr", "ignored: the seed's gRPC address; chaosfs listens on NATS instead", metavar="ADDR"
+        "addr",
+        "ignored: Chaos Mesh v0.9's gRPC address; chaosfs listens on NATS instead",
+        metavar="ADDR",
     ),
     Flag(
         "labels",
@@ -117,32 +121,6 @@ FLAGS = (
     Flag("help", "show this help", default=False, boolean=True),
     Flag("h", "show this help", default=False, boolean=True),
 )
-
-
-@dataclass(frozen=True)
-class Config:
-    original: str
-    mountpoint: str
-    pidfile: str | None
-    nats_url: str
-    namespace: str
-    pod: str
-    cache_timeout: float
-    heartbeat: float
-    log_level: str
-    ignored_addr: str | None
-    labels: dict[str, str] = field(default_factory=dict)
-    auth: BusAuth = field(default_factory=BusAuth)
-    metrics_addr: str | None = None
-    lazy: bool = False
-    lazy_max_bytes: int = DEFAULT_LAZY_MAX_BYTES
-    lazy_metadata: str = "journal"
-    lazy_expire: float = DEFAULT_LAZY_EXPIRE
-    lazy_flush_interval: float = DEFAULT_LAZY_FLUSH_INTERVAL
-
-    @property
-    def pod_ref(self) -> str:
-        return f"{self.namespace}/{self.pod}"
 
 
 def parse_config(argv: Sequence[str], env: dict[str, str]) -> Config:
@@ -224,7 +202,16 @@ def parse_config(argv: Sequence[str], env: dict[str, str]) -> Config:
         lazy_metadata=lazy_metadata,
         lazy_expire=lazy_expire,
         lazy_flush_interval=lazy_interval,
+        test_handler_delay=_test_handler_delay(env),
     )
+
+
+def _test_handler_delay(env: dict[str, str]) -> float:
+    """$CHAOSFS_TEST_HANDLER_DELAY: a system test's way to block the control plane."""
+    try:
+        return max(0.0, float(env.get("CHAOSFS_TEST_HANDLER_DELAY", "") or 0))
+    except ValueError:
+        raise FlagError("CHAOSFS_TEST_HANDLER_DELAY must be a number of seconds") from None
 
 
 def _lazy_duration(values: dict, env: dict[str, str], flag: str, default: float) -> float:

@@ -5,6 +5,10 @@ lives here instead, so a slow, blocked or dead NATS server can never hold a file
 operation: the only things that cross over are an immutable rule set (swapped
 in one assignment) and, after a rule change, a short trio call that lists the
 inodes whose kernel caches must be dropped.
+
+What a command does is decided in ``commands`` (no bus there); this module carries
+the commands in and the replies out, keeps the registry entry and the heartbeats,
+and carries out what the handler asks for (kernel caches, audit events).
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ import functools
 import hashlib
 import json
 import math
-import os
 import random
 import threading
 import time
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 import pyfuse3
 import structlog
@@ -29,27 +33,26 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_OP
 
-from chaosbus import __version__, codec, protocol, registry
+from chaosbus import __version__, codec, protocol, registry, wire
 from chaosbus.audit import STREAM as AUDIT_STREAM
 from chaosbus.audit import AuditLog, ensure_stream
 from chaosbus.bus import BusAuth, connect, pod_inbox_prefix
+from chaosbus.globs import PathPattern
 from chaosbus.kv import open_bucket
-from chaosbus.rules import METHODS, FaultRule, RuleError
+from chaosbus.rules import FaultRule
 from chaosbus.subjects import FLEET_COMMAND, pod_command, pod_event
+from chaosbus.supervise import supervised
 
-from . import parsed, processes, provenance
-from .cli import Config
+from . import commands, processes, provenance
+from .commands import Invalidation, LazyActions, MountClosing
+from .config import Config
 from .convergence import DesiredState, subscribe_last_values
 from .faults import FaultEngine, PowerCut, RuleState, process_name
 from .lazyfs import LazyOperations
 from .passthrough import ChaosOperations
 
-# Test hook: hold every command handler this many seconds, blocking the bus loop,
-# to prove that file I/O does not notice.
-HANDLER_DELAY_ENV = "CHAOSFS_TEST_HANDLER_DELAY"
 IDLE_RECHECK = 60.0  # the longest the expiry and event loops sleep with nothing to do
 INJECTION_FLUSH_INTERVAL = 0.25
-LAZY_OFF = "lazy mode is off: start chaosfs with -lazy"
 INJECTION_BATCH = 50  # per flush: at most 200 events a second leave a sidecar
 # How soon a budget rule's moved counters reach the registry entry: what a sidecar
 # killed within this time of a fault loses (the rule may fire that once more).
@@ -60,6 +63,8 @@ SETTLE_TIMEOUT = 1.0  # seconds for what is left on the bus loop to end at shutd
 # Whoever can make them can make thousands a second, and each sidecar would audit each.
 REFUSAL_AUDIT_INTERVAL = 1.0
 
+Job = Callable[[], Coroutine[Any, Any, None]]  # a chore of the bus loop, started anew on failure
+
 
 def pod_identity(auth: BusAuth) -> bool:
     """Whether this sidecar connects as its pod (a ServiceAccount token for the auth
@@ -69,8 +74,62 @@ def pod_identity(auth: BusAuth) -> bool:
     return bool(auth.token or auth.token_file) and not auth.user
 
 
-class MountClosing(protocol.CommandError):
-    """The FUSE loop has ended: nothing on the mount can be asked or changed any more."""
+async def on_trio(token: trio.lowlevel.TrioToken | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` on the FUSE thread, between two requests, and return its result."""
+    call = functools.partial(trio.from_thread.run_sync, fn, *args, trio_token=token)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, call)
+    except trio.RunFinishedError:
+        raise MountClosing("the mount is shutting down") from None
+
+
+class MountedLazy:
+    """Lazy mode's actions (``commands.LazyActions``) on a mounted ``LazyOperations``:
+    what reads or changes the mount's data runs on the FUSE thread, between two file
+    requests; killing the mount's users, which waits for them to die, on a worker."""
+
+    def __init__(
+        self, ops: LazyOperations, trio_token: trio.lowlevel.TrioToken | None, mountpoint: str
+    ) -> None:
+        self.ops = ops
+        self.trio_token = trio_token
+        self.mountpoint = mountpoint
+
+    async def status(self) -> wire.LazyStatus:
+        return cast(wire.LazyStatus, await on_trio(self.trio_token, self.ops.status))
+
+    async def unsynced(self, regex: PathPattern, model: str) -> dict[str, Any]:
+        report: dict[str, Any] = await on_trio(self.trio_token, self.ops.unsynced, regex, model)
+        return report
+
+    async def stop_writers(self, signal: int) -> tuple[list[wire.Process], list[wire.Process]]:
+        loop = asyncio.get_running_loop()
+        victims = await loop.run_in_executor(None, processes.users_of, self.mountpoint)
+        survivors = await loop.run_in_executor(None, processes.kill_all, victims, signal)
+        killed = [wire.Process(pid=v.pid, comm=v.comm) for v in victims if v not in survivors]
+        return killed, [wire.Process(pid=v.pid, comm=v.comm) for v in survivors]
+
+    async def tear(
+        self,
+        regex: PathPattern,
+        seed: int | str | None,
+        keep: int | None,
+        whole_writes: bool,
+        align: int,
+        persist: tuple[int, ...] | None,
+        force: bool,
+    ) -> tuple[dict[str, Any], list[Invalidation]]:
+        args = (regex, seed, keep, whole_writes, align, persist, force)
+        torn: tuple[dict[str, Any], list[Invalidation]]
+        torn = await on_trio(self.trio_token, self.ops.tear, *args)
+        return torn
+
+    async def lose(
+        self, regex: PathPattern, metadata: bool, model: str
+    ) -> tuple[dict[str, Any], list[Invalidation]]:
+        lost: tuple[dict[str, Any], list[Invalidation]]
+        lost = await on_trio(self.trio_token, self.ops.lose, regex, metadata, model)
+        return lost
 
 
 class BusControl:
@@ -81,15 +140,27 @@ class BusControl:
         ops: ChaosOperations | None,
         trio_token: trio.lowlevel.TrioToken | None,
         log: structlog.stdlib.BoundLogger,
+        *,
+        lazy: LazyActions | None = None,
+        handler_delay: float = 0.0,
     ) -> None:
+        """``ops``: the mount (None for a mount-less agent), whose kernel caches a rule
+        change drops; ``lazy``: lazy mode's actions, None on a plain mount;
+        ``handler_delay``: seconds every command blocks this loop, for a system test
+        that shows file I/O does not notice (0 otherwise)."""
         self.config = config
         self.engine = engine
         self.ops = ops
         self.trio_token = trio_token
         self.log = log
         self.labels = config.labels
-        self.started = time.time()
-        self.handler_delay = float(os.environ.get(HANDLER_DELAY_ENV, "0") or 0)
+        # Every time read here is the engine's clock's, which a test can drive.
+        self.clock = engine.clock
+        self.started = self.clock.wall()  # for operators: when, by the wall clock
+        self.sidecar = commands.Sidecar(
+            config, engine, engine.clock, lazy, started=self.clock.monotonic()
+        )
+        self.handler_delay = handler_delay
         self._loop = asyncio.new_event_loop()
         self._stopping = asyncio.Event()
         self._nc: Client | None = None
@@ -110,7 +181,7 @@ class BusControl:
         engine.on_first_event = self._events_queued
         # Power-cut rules: only a lazy mount has unsynced data to lose; the FUSE thread
         # hands each cut over through _cut_requested (see faults.PowerCut).
-        engine.power_cuts = isinstance(ops, LazyOperations)
+        engine.power_cuts = lazy is not None
         engine.on_power_cut = self._cut_requested
         self._cuts: set[asyncio.Task[None]] = set()
         self.audit: AuditLog | None = None
@@ -170,72 +241,85 @@ class BusControl:
                 self._loop.close()
 
     async def _main(self) -> None:
-        # Expiry and the event feed run whether or not the bus is reachable:
-        # a rule's ttl must end it even when nobody can send a recover.
         scope = (self.config.namespace, self.config.pod) if self._per_pod else ()
         self.audit = AuditLog("chaosfs", self.log, scope=scope)
-        chores = [
-            asyncio.create_task(self._expire_rules()),
-            asyncio.create_task(self._publish_injections()),
-        ]
-        try:
-            nc = await self._connect()
-            if nc is None:
-                return
-            self._nc = nc
-            # Before the first audit event and registry write; bounded, as a server
-            # without JetStream must not keep the sidecar off the bus.
+        # The chores (expiry, the event feed, desired state, heartbeats, counters) share
+        # one task group and each is supervised: one that fails is logged with its
+        # traceback and started again, never silently gone, and none outlives this.
+        async with asyncio.TaskGroup() as group:
+            chores: list[asyncio.Task[None]] = []
+
+            def chore(
+                name: str, job: Callable[[], Coroutine[Any, Any, None]]
+            ) -> asyncio.Task[None]:
+                task = group.create_task(supervised(name, job, self.log), name=name)
+                chores.append(task)
+                return task
+
+            # Expiry and the event feed run whether or not the bus is reachable:
+            # a rule's ttl must end it even when nobody can send a recover.
+            chore("rule-expiry", self._expire_rules)
+            chore("injection-events", self._publish_injections)
             try:
-                await asyncio.wait_for(self._prepare_jetstream(nc), 3.0)
-            except TimeoutError:
-                # Registration is retried with every heartbeat (see _register).
-                self.log.warning("jetstream_slow", step="audit stream and registry", after=3.0)
-            # What a sidecar of this pod left in the registry, read before this one's
-            # first write replaces it and before desired state brings the rules back.
-            await self._read_counters()
-            self.audit.start(nc)
-            desired = DesiredState(
-                self.config.namespace,
-                self.config.pod,
-                self.labels,
-                self._converge,
-                self.log,
-                audit=self._audit,
-            )
-            following = asyncio.create_task(desired.run(nc, self._resync))
-            chores.append(following)
-            pod_subject = self._pod_subject
-            await nc.subscribe(pod_subject, cb=functools.partial(self._on_command, fleet=False))
-            # A plain subscription, not a queue group: every sidecar must get fleet commands.
-            await nc.subscribe(FLEET_COMMAND, cb=functools.partial(self._on_command, fleet=True))
-            await nc.flush()
-            self.log.info("bus_listening", subject=pod_subject, fleet_subject=FLEET_COMMAND)
-            await self._announce("ready")
-            heartbeat = asyncio.create_task(self._heartbeat())
-            chores += [heartbeat, asyncio.create_task(self._keep_counters())]
-            await self._stopping.wait()
-            # Stop following desired state while the connection is still open: then
-            # its subscriptions end with it (nats-py leaves their helper tasks behind
-            # when the connection is already closed), and no rule changes any more
-            # under the goodbye's counters.
-            heartbeat.cancel()  # nothing may follow "gone"
-            following.cancel()
-            await asyncio.gather(heartbeat, following, return_exceptions=True)
-            # Say goodbye, briefly: a pod's termination grace period is short.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._announce("gone"), 1.0)
-                await nc.flush(timeout=1)
-            if self._refused_timer is not None:
-                self._refused_timer.cancel()
-                self._audit_refusals()  # the last ones, not left to a timer that never runs
-            await self.audit.stop(timeout=0.5)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 2)
-        finally:
-            for chore in chores:
-                chore.cancel()
-            # Awaited, so that none is left pending when the loop closes.
-            await asyncio.gather(*chores, return_exceptions=True)
+                await self._on_bus(chore)
+            finally:
+                for task in chores:
+                    task.cancel()  # the group awaits them: none is left pending
+
+    async def _on_bus(self, chore: Callable[[str, Job], asyncio.Task[None]]) -> None:
+        """Connect, listen and announce; at the stop, say goodbye and close."""
+        nc = await self._connect()
+        if nc is None:
+            return
+        self._nc = nc
+        # Before the first audit event and registry write; bounded, as a server
+        # without JetStream must not keep the sidecar off the bus.
+        try:
+            await asyncio.wait_for(self._prepare_jetstream(nc), 3.0)
+        except TimeoutError:
+            # Registration is retried with every heartbeat (see _register).
+            self.log.warning("jetstream_slow", step="audit stream and registry", after=3.0)
+        # What a sidecar of this pod left in the registry, read before this one's
+        # first write replaces it and before desired state brings the rules back.
+        await self._read_counters()
+        assert self.audit is not None
+        self.audit.start(nc)
+        desired = DesiredState(
+            self.config.namespace,
+            self.config.pod,
+            self.labels,
+            self._converge,
+            self.log,
+            audit=self._audit,
+        )
+        following = chore("desired-state", functools.partial(desired.run, nc, self._resync))
+        pod_subject = self._pod_subject
+        await nc.subscribe(pod_subject, cb=functools.partial(self._on_command, fleet=False))
+        # A plain subscription, not a queue group: every sidecar must get fleet commands.
+        await nc.subscribe(FLEET_COMMAND, cb=functools.partial(self._on_command, fleet=True))
+        await nc.flush()
+        self.log.info("bus_listening", subject=pod_subject, fleet_subject=FLEET_COMMAND)
+        await self._announce("ready")
+        heartbeat = chore("heartbeat", self._heartbeat)
+        chore("counters", self._keep_counters)
+        await self._stopping.wait()
+        # Stop following desired state while the connection is still open: then
+        # its subscriptions end with it (nats-py leaves their helper tasks behind
+        # when the connection is already closed), and no rule changes any more
+        # under the goodbye's counters.
+        heartbeat.cancel()  # nothing may follow "gone"
+        following.cancel()
+        await asyncio.gather(heartbeat, following, return_exceptions=True)
+        # Say goodbye, briefly: a pod's termination grace period is short.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._announce("gone"), 1.0)
+            await nc.flush(timeout=1)
+        if self._refused_timer is not None:
+            self._refused_timer.cancel()
+            self._audit_refusals()  # the last ones, not left to a timer that never runs
+        await self.audit.stop(timeout=0.5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 2)
 
     async def _prepare_jetstream(self, nc: Client) -> None:
         """The audit stream and the registry bucket; a locked-down sidecar may only use them.
@@ -299,7 +383,7 @@ class BusControl:
         return {
             "pod": self.config.pod_ref,
             **self._identity(),
-            "time": time.time(),
+            "time": self.clock.wall(),
             "started": self.started,
             "heartbeat_interval": self.config.heartbeat,
             "rules": [
@@ -464,13 +548,13 @@ class BusControl:
         while True:
             self._rules_moved.clear()
             expiries = [r.expires_at for r in self.engine.rules.rules if r.expires_at is not None]
-            wait = min(expiries) - time.time() if expiries else IDLE_RECHECK
+            wait = min(expiries) - self.clock.wall() if expiries else IDLE_RECHECK
             if wait > 0:
-                self._expiry_wakes_at = time.time() + min(wait, IDLE_RECHECK)
+                self._expiry_wakes_at = self.clock.wall() + min(wait, IDLE_RECHECK)
                 with contextlib.suppress(TimeoutError):
                     await _until_set(self._rules_moved, min(wait, IDLE_RECHECK))
                 self._expiry_wakes_at = math.inf  # awake: it reads the rules again first
-            gone = self.engine.expire(time.time())
+            gone = self.engine.expire(self.clock.wall())
             if gone:
                 try:
                     await self._drop_caches(gone)
@@ -554,7 +638,7 @@ class BusControl:
     async def _on_error(self, exc: Exception) -> None:
         # While the server is away nats-py reports every retry; log each new error once.
         text = str(exc)
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if text != self._last_error or now - self._last_error_at > 30:
             self.log.warning("bus_error", error=text)
             self._last_error, self._last_error_at = text, now
@@ -569,18 +653,9 @@ class BusControl:
 
     # --- events ------------------------------------------------------------------
 
-    def _identity(self) -> dict[str, Any]:
+    def _identity(self) -> wire.Identity:
         """Who this sidecar is; the ``pod`` key itself is added by every message."""
-        return {
-            "namespace": self.config.namespace,
-            "name": self.config.pod,
-            "mountpoint": self.config.mountpoint,
-            "original": self.config.original,
-            "pidfile": self.config.pidfile,
-            "pid": os.getpid(),
-            "version": __version__,
-            "labels": self.labels,
-        }
+        return commands.identity(self.config, self.sidecar.pid)
 
     async def _announce(self, kind: str) -> None:
         nc = self._nc
@@ -590,9 +665,9 @@ class BusControl:
         event = {
             "kind": kind,
             "pod": self.config.pod_ref,
-            "time": time.time(),
+            "time": self.clock.wall(),
             **self._identity(),
-            "uptime": time.time() - self.started,
+            "uptime": self.clock.monotonic() - self.sidecar.started,
             "rules": len(rules),
             "fired": sum(s.fired for s in list(self.engine.state.values())),
             "events_dropped": self.engine.events_dropped,
@@ -623,34 +698,20 @@ class BusControl:
             await self._refuse(msg, refused, listening_on)
             return
         if self.handler_delay:
-            time.sleep(self.handler_delay)  # deliberately blocks this loop (test hook)
-        pod = self.config.pod_ref
+            time.sleep(self.handler_delay)  # deliberately blocks this loop (a test's wish)
         log = self.log.bind(subject=msg.subject)
-        command: Any = None
+        outcome = await commands.handle(self.sidecar, msg.data, fleet=fleet, subject=msg.subject)
+        if outcome is None:
+            return  # a fleet command for others: stay silent, as a non-subscriber would
+        reply: wire.Reply = outcome.reply
+        result = outcome.result
         try:
-            # Decoded once per process (see parsed): a broadcast reaches every agent of
-            # bench/agents.py with the same bytes.
-            parsed_command = parsed.command(msg.data, fleet)
-            command, op = parsed_command.body, parsed_command.op
-            target = parsed_command.target
-            if target is not None and not target.matches(
-                self.config.namespace, self.config.pod, self.labels
-            ):
-                return  # not for us: stay silent, as a non-subscriber would
-            reply = await self._dispatch(op, command, log, fleet, parsed_command)
-            self._count(op, "ok")
-        except (codec.DecodeError, protocol.CommandError, RuleError) as exc:
-            self._count(command.get("op") if isinstance(command, dict) else None, "rejected")
-            log.warning("command_rejected", reason=str(exc), bytes=len(msg.data))
-            actor = command.get("actor") if isinstance(command, dict) else None
-            self._audit(
-                "rule.rejected", reason=str(exc), actor=str(actor or "unknown"), subject=msg.subject
-            )
-            reply = protocol.error(pod, str(exc))
+            await self._carry_out(outcome, log)
         except Exception as exc:
-            self._count(command.get("op") if isinstance(command, dict) else None, "error")
+            result = "error"
             log.exception("command_failed")
-            reply = protocol.error(pod, f"internal error: {exc}")
+            reply = commands.error_reply(self.config.pod_ref, f"internal error: {exc}")
+        self._count(outcome.op, result)
         if msg.reply:
             try:
                 # Headroom for the reply's subject and headers within the payload limit.
@@ -658,6 +719,21 @@ class BusControl:
                 await msg.respond(protocol.fit(reply, limit))
             except Exception as exc:
                 log.warning("reply_failed", error=str(exc))
+
+    async def _carry_out(self, outcome: commands.Outcome, log: Any) -> None:
+        """What a command's outcome asks for besides its reply, in the order it says."""
+        if outcome.rules_moved:
+            self._rules_changed()
+        if outcome.drop_caches:
+            await self._drop_caches(outcome.drop_caches)
+        if outcome.invalidate:
+            # What a cut changed: the next read must see what survived, not the page
+            # cache's memory of what did not.
+            await asyncio.get_running_loop().run_in_executor(None, _invalidate, outcome.invalidate)
+        for line in outcome.logs:
+            getattr(log, line.level)(line.event, **line.fields)
+        for kind, fields in outcome.audits:
+            self._audit(kind, **fields)
 
     async def _refuse(self, msg: Msg, refused: provenance.Refusal, listening_on: str) -> None:
         """A message the server put on a command subject from a stream: not read, not
@@ -674,7 +750,7 @@ class BusControl:
         self._refused_last = (refused, listening_on, len(msg.data))
         if self._refused_timer is not None:
             return  # already due
-        wait = self._refusal_audited_at + REFUSAL_AUDIT_INTERVAL - time.monotonic()
+        wait = self._refusal_audited_at + REFUSAL_AUDIT_INTERVAL - self.clock.monotonic()
         if wait <= 0:
             self._audit_refusals()
         else:
@@ -689,195 +765,9 @@ class BusControl:
         refused, listening_on, size = self._refused_last
         where = {"via": listening_on, "count": self._refused, **refused.source}
         self._refused, self._refused_last = 0, None
-        self._refusal_audited_at = time.monotonic()
+        self._refusal_audited_at = self.clock.monotonic()
         self.log.warning("command_refused", reason=refused.reason, bytes=size, **where)
         self._audit("command.refused", reason=refused.reason, actor="unknown", **where)
-
-    async def _dispatch(
-        self,
-        op: str,
-        command: dict[str, Any],
-        log: Any,
-        fleet: bool,
-        parsed_command: parsed.Command | None = None,
-    ) -> dict[str, Any]:
-        pod = self.config.pod_ref
-        engine = self.engine
-        actor = str(command.get("actor") or "unknown")
-        if op == "set":
-            if parsed_command is None:
-                parsed_command = parsed.Command(command, op, None)
-            # Parsed and put in wire form once per process; shared, never changed.
-            rules, wires = parsed_command.rules()
-            changed = engine.set_rules(rules)
-            self._rules_changed()
-            await self._drop_caches(changed)
-            log.info("rules_set", rules=[r.id for r in rules], actor=actor)
-            self._audit("rule.set", actor=actor, fleet=fleet, rules=wires)
-            return protocol.ok(pod, rules=wires)
-        if op == "recover":
-            how, value = protocol.parse_recover(command)
-            if how == "all":
-                gone = engine.recover_all()
-            elif how == "id":
-                gone = engine.recover_id(value or "")
-                if not gone and not fleet:  # a fleet recover also reaches pods without it
-                    raise protocol.CommandError(f"no rule with id {value!r}")
-            elif how == "ids":  # an experiment's rules: recover those held, no error for others
-                gone = engine.recover_ids(value)
-            else:
-                gone = engine.recover_method(value or "")
-            self._rules_changed()
-            await self._drop_caches(gone)
-            log.info("rules_recovered", how=how, value=value, rules=[r.id for r in gone])
-            self._audit(
-                "rule.recovered",
-                actor=actor,
-                fleet=fleet,
-                how=how,
-                value=value,
-                rules=[r.id for r in gone],
-            )
-            return protocol.ok(pod, recovered=[r.id for r in gone])
-        if op in protocol.LAZY_OPS:
-            return await self._lazy(command, actor, fleet, log)
-        if op == "methods":
-            return protocol.ok(pod, methods=list(METHODS))
-        if op == "injected":
-            return protocol.ok(pod, injected=bool(engine.rules.rules))
-        if op == "status":
-            return protocol.ok(
-                pod,
-                **self._identity(),
-                uptime=time.time() - self.started,
-                injected=bool(engine.rules.rules),
-                rules=engine.describe(),
-                managed=sorted(engine.managed),
-                events_dropped=engine.events_dropped,
-                lazy=await self._lazy_status(),
-            )
-        return protocol.ok(pod, **self._identity())  # ping
-
-    # --- lazy mode: power cuts ------------------------------------------------------
-
-    async def _on_trio(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn`` on the FUSE thread, between two requests, and return its result."""
-        call = functools.partial(trio.from_thread.run_sync, fn, *args, trio_token=self.trio_token)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(None, call)
-        except trio.RunFinishedError:
-            raise MountClosing("the mount is shutting down") from None
-
-    async def _lazy_status(self) -> dict[str, Any]:
-        if not isinstance(self.ops, LazyOperations):
-            return {"enabled": False}
-        return await self._on_trio(self.ops.status)
-
-    async def _lazy(
-        self, command: dict[str, Any], actor: str, fleet: bool, log: Any
-    ) -> dict[str, Any]:
-        ops = self.ops
-        if not isinstance(ops, LazyOperations):
-            raise protocol.CommandError(LAZY_OFF)
-        action = protocol.parse_lazy(command)
-        pod = self.config.pod_ref
-        where = {"actor": actor, "fleet": fleet, "path": action.path}
-        # The directory-operation model of this cut: the command's, or this sidecar's.
-        model = action.model or getattr(self.config, "lazy_metadata", "journal")
-        if action.op == "report-unsynced":
-            report = await self._on_trio(ops.unsynced, action.path_regex, model)
-            self._audit(
-                "unsynced.reported",
-                **where,
-                model=model,
-                files=len(report["files"]),
-                bytes=report["bytes"],
-                dir_ops=len(report["dir_ops"]),
-            )
-            return protocol.ok(pod, unsynced=report)
-        loop = asyncio.get_running_loop()
-        killed: list[dict[str, Any]] = []
-        survivors: list[processes.Victim] = []
-        if action.op == "power-cut":
-            # Stop the writers first: once they are dead nothing new can become
-            # unsynced between the kill and the loss.
-            victims = await loop.run_in_executor(None, processes.users_of, self.config.mountpoint)
-            survivors = await loop.run_in_executor(None, processes.kill_all, victims, action.signal)
-            killed = [{"pid": v.pid, "comm": v.comm} for v in victims if v not in survivors]
-        torn: dict[str, Any] | None = None
-        targets: list[Any] = []
-        if action.tear is not None:
-            tear = action.tear
-            torn, targets = await self._on_trio(
-                ops.tear,
-                action.path_regex,
-                tear.seed,
-                tear.keep,
-                tear.whole_writes,
-                tear.align,
-                tear.persist,
-                # A cut's own kill stopped the writers; one it could not stop is warned of.
-                action.force or action.op == "power-cut",
-            )
-        if action.op == "torn-write":
-            report = torn or {}
-        else:
-            report, lost_targets = await self._on_trio(
-                ops.lose, action.path_regex, action.metadata, model
-            )
-            targets += lost_targets
-        # Drop what the kernel caches of those files and names: the next read must
-        # see what survived, not the page cache's memory of what did not.
-        await loop.run_in_executor(None, _invalidate, targets)
-        figures = {"files": report["files"], "dir_ops": len(report.get("dir_ops", []))}
-        tear_fields: dict[str, Any] = {}
-        if action.tear is not None:
-            tear_fields = {
-                "seed": action.tear.seed,
-                "keep": action.tear.keep,
-                "persist": list(action.tear.persist) if action.tear.persist else None,
-            }
-        if action.op == "torn-write":
-            log.info("unsynced_torn", **tear_fields, **where, **figures)
-            self._audit(
-                "unsynced.torn",
-                **where,
-                **tear_fields,
-                force=action.force,
-                kept=report["kept"],
-                lost=report["lost"],
-                warnings=report.get("warnings", []),
-                **figures,
-            )
-            return protocol.ok(pod, torn=report)
-        if action.op == "power-cut":
-            alive = [{"pid": v.pid, "comm": v.comm} for v in survivors]
-            log.warning("power_cut", killed=killed, survivors=len(survivors), **where, **figures)
-            self._audit(
-                "power.cut",
-                **where,
-                signal=action.signal,
-                metadata=action.metadata,
-                model=model,
-                killed=killed,
-                survivors=alive,
-                bytes=report["bytes"],
-                torn=None if torn is None else {"kept": torn["kept"], "lost": torn["lost"]},
-                **tear_fields,
-                **figures,
-            )
-            extra: dict[str, Any] = {} if torn is None else {"torn": torn}
-            return protocol.ok(pod, killed=killed, survivors=alive, lost=report, **extra)
-        log.warning("unsynced_lost", metadata=action.metadata, model=model, **where, **figures)
-        self._audit(
-            "unsynced.lost",
-            **where,
-            metadata=action.metadata,
-            model=model,
-            bytes=report["bytes"],
-            **figures,
-        )
-        return protocol.ok(pod, lost=report)
 
     # --- power-cut rules: the cut a rule's operation triggered ------------------------
 
@@ -908,7 +798,11 @@ class BusControl:
         self._audit("power.cut.triggered", actor=f"rule:{rule.id}", pid=cut.pid, **trigger)
         result: dict[str, Any] = {}
         try:
-            reply = await self._lazy(rule.cut_command(), f"rule:{rule.id}", False, log)
+            outcome = await commands.lazy_action(
+                self.sidecar, rule.cut_command(), f"rule:{rule.id}", fleet=False
+            )
+            await self._carry_out(outcome, log)
+            reply = cast(wire.PowerCutReply, outcome.reply)
             lost = reply.get("lost") or {}
             result = {
                 "killed": reply.get("killed", []),
@@ -929,7 +823,7 @@ class BusControl:
         regexes = [r.path_regex for r in rules]
         lookups = any(r.applies_to("lookup") for r in rules)
         try:
-            targets = await self._on_trio(self.ops.inodes_matching, regexes, lookups)
+            targets = await on_trio(self.trio_token, self.ops.inodes_matching, regexes, lookups)
         except MountClosing:
             return
         await asyncio.get_running_loop().run_in_executor(None, _invalidate, targets)

@@ -32,10 +32,13 @@ class Command:
     # The set's rules and their wire form, made the first time they are asked for.
     _rules: tuple[list[FaultRule], list[dict[str, Any]]] | None = field(default=None, repr=False)
 
-    def rules(self) -> tuple[list[FaultRule], list[dict[str, Any]]]:
-        """The rules of a set and their wire form; raises CommandError if invalid."""
+    def rules(self, now: float | None = None) -> tuple[list[FaultRule], list[dict[str, Any]]]:
+        """The rules of a set and their wire form; raises CommandError if invalid.
+
+        A ``ttl`` counts from ``now`` (the sidecar's wall clock). Commands with one are
+        never shared (see above), so the first ``now`` asked with is the right one."""
         if self._rules is None:
-            rules = protocol.parse_rules(self.body)
+            rules = protocol.parse_rules(self.body, now)
             self._rules = (rules, [r.to_wire() for r in rules])
         return self._rules
 

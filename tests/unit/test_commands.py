@@ -3,9 +3,9 @@ a ``set`` or ``recover`` command passes (``chaosbus.protocol``), every rule fiel
 validation with the sentence an operator reads (``FaultRule.from_wire``), the reply
 cut to the bus's payload limit, and the engine changes a command makes.
 
-chaosfs's command handler (services/chaosfs/control.py) runs these on the bus thread;
-it cannot be called without a NATS connection, so its transport is tested with a
-real nats-server in the system tests and its logic here, piece by piece.
+chaosfs's command handler (services/chaosfs/commands.py) runs these; it is called
+directly in test_command_handler.py, and its bus transport (services/chaosfs/control.py)
+is tested with a real nats-server in the system tests.
 """
 
 from __future__ import annotations
