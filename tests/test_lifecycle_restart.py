@@ -562,7 +562,10 @@ def test_lazy_clean_stop_on_a_full_disk_frees_parked_deletions_before_writing_ba
         data = os.urandom(4 * MiB)
         write_bytes(sc.mountpoint / "new", data)  # unsynced: held by chaosfs
         lazy = sc.request({"op": "status"})["lazy"]
-        assert lazy["unsynced_bytes"] == len(data) and lazy["pending_dir_ops"] >= 2, lazy
+        # The create of "new" is pending; the unlink of "big" may be too, or may already
+        # be settled: lazy mode empties its trash early when the disk runs out of room
+        # for what it holds, as a kernel frees a deleted file's blocks.
+        assert lazy["unsynced_bytes"] == len(data) and lazy["pending_dir_ops"] >= 1, lazy
         assert sc.stop(signal.SIGTERM) == 0
         assert (disk / "new").read_bytes() == data
         assert sorted(os.listdir(disk)) == ["filler", "new"]  # big gone, trash removed
