@@ -652,7 +652,9 @@ class ChaosOperations(pyfuse3.Operations):
                 left = decision.quota_left()
                 if growth > left:
                     refused = True
-                    buf = buf[: len(buf) - (growth - left)]
+                    # What fits below size + left; nothing when the write starts past it
+                    # (a negative length would slice from the end and grow the file).
+                    buf = buf[: max(0, len(buf) - (growth - left))]
                     if not buf:
                         decision.charge(0, refused=True)
                         raise FUSEError(decision.quota[0].errnos[0])

@@ -439,12 +439,6 @@ def test_an_enospc_quota_cuts_the_write_at_the_quota(fs: Fs) -> None:
     assert fs.on_disk("big") == b"z" * 25
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a write that starts past the end of the file (leaving a hole) once the quota is "
-    "spent is cut to a negative length, which Python slices from the end: part of it is "
-    "written and the file grows past the quota (passthrough._faulted_write)",
-)
 def test_a_write_past_the_end_of_file_cannot_grow_it_past_the_quota(fs: Fs) -> None:
     async def body() -> Any:
         fh = await fs.create("holey")
