@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import resource
+import select
 import signal
 import sys
+import types
+from typing import Any
 
 import pyfuse3
 import trio
@@ -28,6 +31,120 @@ from .mounting import (
     write_pidfile,
 )
 from .passthrough import ChaosOperations
+
+# --- the FUSE request loop's scheduling -------------------------------------------
+#
+# pyfuse3's request loop lets one task at a time read the FUSE device (a trio.Lock)
+# and waits for a request with trio.lowlevel.wait_readable. It keeps a second task
+# parked on that lock, so that requests go on being read while a handler waits
+# (a latency fault's sleep, a sync on a worker thread). With trio's own lock and
+# wait, every request costs two passes through trio's scheduler: one to hand the
+# lock to the parked task, which then waits for the device, while the first task
+# answers the request and parks in turn; and one for the wait itself, even when a
+# request is already there. Together that is about as much CPU as serving a small
+# read. pyfuse3 looks these names up in its module attribute ``trio`` (its asyncio
+# mode swaps that attribute the same way), so chaosfs gives it a view of trio
+# with a lock and a wait that skip the scheduler where nothing needs it:
+#
+# - the lock goes back to the task that answered the request if that task comes
+#   straight back for it; the parked task gets it only when the holder let go and
+#   then stopped to wait for something else (checked after every step of a task),
+#   which is exactly when a second reader is needed;
+# - the wait returns at once when a request is already waiting, up to
+#   FAST_PASSES times in a row; then it waits through trio as usual, so that other
+#   tasks (a sleep that ended, a finished sync, the control plane's calls onto this
+#   thread) get their turn even while requests keep coming.
+#
+# This leans on how pyfuse3 3.5.0 (the version pyproject pins) uses those names;
+# any other version keeps trio's own lock and wait.
+
+FAST_PASSES = 16
+LOOP_TESTED_WITH = "3.5.0"  # the pyfuse3 whose request loop the view was written for
+
+
+class _ReadLock:
+    """The FUSE reading role: a lock that its last holder may take again at once."""
+
+    __slots__ = ("_lot", "owner")
+
+    def __init__(self) -> None:
+        self.owner: trio.lowlevel.Task | None = None
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def __aenter__(self) -> None:
+        if self.owner is None:
+            self.owner = trio.lowlevel.current_task()
+            return
+        await self._lot.park()  # hand_over() made this task the owner before waking it
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.owner = None
+        if self._lot:
+            _HandOver.pending.append(self)
+
+    def hand_over(self) -> None:
+        """Give the free lock to the first parked task, if it is still free."""
+        if self.owner is None and self._lot:
+            self.owner = self._lot.unpark(count=1)[0]
+
+
+class _HandOver(trio.abc.Instrument):
+    """After each step of any task: a read lock left free with tasks waiting for it
+    means its holder has stopped elsewhere, so the next waiter reads instead."""
+
+    pending: list[_ReadLock] = []
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.pending:
+            locks = list(self.pending)
+            self.pending.clear()
+            for lock in locks:
+                lock.hand_over()
+
+
+class _FuseWait:
+    """trio.lowlevel.wait_readable that returns at once while a request is waiting."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._fd = -1
+        self._passes = 0
+
+    async def __call__(self, fd: int) -> None:
+        if fd != self._fd:
+            if self._fd >= 0:
+                self._poll.unregister(self._fd)
+            self._poll.register(fd, select.POLLIN)
+            self._fd = fd
+        if self._passes < FAST_PASSES and self._poll.poll(0):
+            self._passes += 1
+            return
+        self._passes = 0
+        await trio.lowlevel.wait_readable(fd)
+
+
+def fast_fuse_loop() -> bool:
+    """Give pyfuse3's request loop the cheaper lock and wait (see above); whether it did."""
+    if (
+        getattr(pyfuse3, "__version__", None) != LOOP_TESTED_WITH
+        or getattr(pyfuse3, "trio", None) is not trio
+    ):
+        return False  # another pyfuse3, or already switched (its asyncio mode): leave it
+    lowlevel = types.SimpleNamespace(
+        wait_readable=_FuseWait(),
+        current_task=trio.lowlevel.current_task,
+        current_trio_token=trio.lowlevel.current_trio_token,
+        notify_closing=trio.lowlevel.notify_closing,
+    )
+    view: Any = types.SimpleNamespace(
+        Lock=_ReadLock,
+        ClosedResourceError=trio.ClosedResourceError,
+        open_nursery=trio.open_nursery,
+        from_thread=trio.from_thread,
+        lowlevel=lowlevel,
+    )
+    pyfuse3.trio = view  # type: ignore[attr-defined]
+    return True
 
 
 def _raise_fd_limit() -> None:
@@ -90,6 +207,7 @@ def run(config: Config) -> int:
         ops = ChaosOperations(table, engine, config.cache_timeout)
     options = set(pyfuse3.default_options)
     options |= {"fsname=chaosfs", "subtype=chaosfs", "allow_other", "default_permissions"}
+    fast_fuse_loop()
     try:
         pyfuse3.init(ops, config.mountpoint, options)
     except RuntimeError as exc:
@@ -121,6 +239,7 @@ async def _serve(config: Config, ops: ChaosOperations, engine: FaultEngine, log)
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()  # unmounted from outside: stop too
 
+            trio.lowlevel.add_instrument(_HandOver())
             nursery.start_soon(fuse_loop)
             await trio.to_thread.run_sync(wait_until_mounted, config.mountpoint)
             await trio.to_thread.run_sync(raise_read_ahead, config.mountpoint, log)

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_DIRECT
 FORGET_WAIT = 1.0
 FREE_WAIT = 10.0
 UNLINKED_KEPT = 64  # unlinked files remembered at most while the kernel still knows them
+NEGATIVES_KEPT = 65_536  # negative entries handed out and remembered at most (see _negative)
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _T = TypeVar("_T")
 
@@ -129,6 +131,11 @@ class ChaosOperations(pyfuse3.Operations):
         self.files: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self.kill_privs: set[int] = set()  # file handles, see _note_privileges
+        # Negative entries the kernel may still hold: (parent id, name) -> when it
+        # forgets them (time.monotonic), oldest first (see _negative).
+        self.negatives: dict[tuple[int, bytes], float] = {}
+        self.own_uid = os.geteuid()  # as what chaosfs creates files (see _made_as_caller)
+        self.own_gid = os.getegid()
         # Files whose last name an unlink through the mount removed, while the kernel
         # may still hold their node (see _space_coming).
         self.unlinked: list[Inode] = []
@@ -158,6 +165,16 @@ class ChaosOperations(pyfuse3.Operations):
         entry.st_ctime_ns = st.st_ctime_ns
         return entry
 
+    def _made_as_caller(self, ctx: RequestContext) -> bool:
+        """Whether what chaosfs just created already belongs to the caller as it should.
+
+        chaosfs creates as its own user and group; for a caller with the same ids
+        the kernel has then given the entry exactly the owner _owner would (the
+        group of a setgid directory included), so the stat of the parent and the
+        chown can go.
+        """
+        return ctx.uid == self.own_uid and ctx.gid == self.own_gid
+
     def _owner(self, parent: Inode, ctx: RequestContext) -> tuple[int, int]:
         """Owner of a new entry: the caller, with the group a setgid directory imposes."""
         gid = ctx.gid
@@ -173,13 +190,15 @@ class ChaosOperations(pyfuse3.Operations):
 
         ``mode``: what mknod asked for, whose setuid/setgid bits chown cleared.
         """
-        uid, gid = self._owner(parent, ctx)
-        os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
-        if mode & (stat.S_ISUID | stat.S_ISGID):
-            os.chmod(name, stat.S_IMODE(mode), dir_fd=parent.fd)  # never a symlink
+        if not self._made_as_caller(ctx):
+            uid, gid = self._owner(parent, ctx)
+            os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+            if mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(name, stat.S_IMODE(mode), dir_fd=parent.fd)  # never a symlink
         st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         inode = self.table.attach(parent, name, st)
         inode.lookups += 1
+        self._named(parent, name)
         self._made(parent, name, inode)
         return self._entry(inode, st)
 
@@ -315,12 +334,7 @@ class ChaosOperations(pyfuse3.Operations):
             st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
             inode = self.table.attach(parent, name, st)
         except FileNotFoundError:
-            # A negative entry the kernel may cache: chaosfs is the only writer,
-            # and every create through it replaces the negative dentry.
-            entry = EntryAttributes()
-            entry.st_ino = 0
-            entry.entry_timeout = self.timeout
-            return entry
+            return self._negative(parent, name)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
         inode.lookups += 1
@@ -335,6 +349,41 @@ class ChaosOperations(pyfuse3.Operations):
                     inode.shown_kind = stat.S_IFMT(entry.st_mode)
             return entry
         return self._entry(inode, st)
+
+    def _negative(self, parent: Inode, name: bytes) -> EntryAttributes:
+        """A reply of "no such entry", which the kernel may remember for the cache timeout.
+
+        chaosfs is the only writer, and every create through it replaces the
+        kernel's negative entry. While the kernel remembers one, a stat, open or
+        unlink of that name fails in the kernel without asking chaosfs, so a rule
+        set meanwhile would not be seen: each one handed out is noted until it
+        expires, and a rule change drops those its paths match (inodes_matching).
+        When too many are noted, the reply is not cached at all.
+        """
+        entry = EntryAttributes()
+        entry.st_ino = 0
+        if self.timeout <= 0:
+            return entry
+        now = time.monotonic()
+        negatives = self.negatives
+        key = (parent.id, name)
+        negatives.pop(key, None)  # re-inserted at the end: oldest expiry first
+        if len(negatives) >= NEGATIVES_KEPT:
+            for old, expiry in list(negatives.items()):
+                if expiry > now or len(negatives) < NEGATIVES_KEPT // 2:
+                    break
+                del negatives[old]
+            if len(negatives) >= NEGATIVES_KEPT:
+                return entry  # too many to track: this one is not cached
+        # The kernel counts the timeout from when it gets the reply, a little later.
+        negatives[key] = now + self.timeout + 1.0
+        entry.entry_timeout = self.timeout
+        return entry
+
+    def _named(self, parent: Inode, name: bytes) -> None:
+        """``parent/name`` exists now: the kernel replaced its negative entry, if any."""
+        if self.negatives:
+            self.negatives.pop((parent.id, name), None)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for node_id, count in inode_list:
@@ -485,6 +534,7 @@ class ChaosOperations(pyfuse3.Operations):
             self._rename(old_parent, name_old, new_parent, name_new, flags)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
+        self._named(new_parent, name_new)
         self._track_move(new_parent, name_new)
         if flags & pyfuse3.RENAME_EXCHANGE:
             self._track_move(old_parent, name_old)
@@ -510,6 +560,7 @@ class ChaosOperations(pyfuse3.Operations):
                 os.link, node.proc, new_name, dst_dir_fd=parent.fd, follow_symlinks=True
             )
             st = os.stat(node.fd)
+            self._named(parent, new_name)
             self._made(parent, new_name, node)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
@@ -576,12 +627,14 @@ class ChaosOperations(pyfuse3.Operations):
         except OSError as exc:
             raise FUSEError(exc.errno) from None
         try:
-            uid, gid = self._owner(parent, ctx)
-            os.fchown(fd, uid, gid)
-            if mode & (stat.S_ISUID | stat.S_ISGID):
-                os.fchmod(fd, stat.S_IMODE(mode))  # chown cleared them
+            if not self._made_as_caller(ctx):
+                uid, gid = self._owner(parent, ctx)
+                os.fchown(fd, uid, gid)
+                if mode & (stat.S_ISUID | stat.S_ISGID):
+                    os.fchmod(fd, stat.S_IMODE(mode))  # chown cleared them
             st = os.fstat(fd)
             node = self.table.attach(parent, name, st)
+            self._named(parent, name)
             self._made(parent, name, node)
         except OSError as exc:
             os.close(fd)
@@ -873,11 +926,24 @@ class ChaosOperations(pyfuse3.Operations):
     # --- for the control plane ----------------------------------------------------
 
     def inodes_matching(self, regexes: list, lookups: bool) -> list[tuple[int, int, bytes]]:
-        """(node id, parent id, name) of known inodes whose path matches; trio thread only."""
+        """(node id, parent id, name) of known inodes whose path matches, and
+        (0, parent id, name) of the kernel's negative entries whose path matches
+        (whatever the rule's methods: every operation on the name would fail in the
+        kernel without asking); trio thread only."""
         out = []
-        for node in list(self.table.by_id.values()):
-            path = self.table.path(node)
+        table = self.table
+        for node in list(table.by_id.values()):
+            path = table.path(node)
             if any(rx.match(path) for rx in regexes):
                 parent = node.parent.id if (lookups and node.parent is not None) else 0
                 out.append((node.id, parent, node.name))
+        now = time.monotonic()
+        for (parent_id, name), expiry in list(self.negatives.items()):
+            directory = table.by_id.get(parent_id)
+            if expiry <= now or directory is None:
+                del self.negatives[(parent_id, name)]  # expired, or gone with its directory
+                continue
+            path = table.child_path(directory, name)
+            if any(rx.match(path) for rx in regexes):
+                out.append((0, parent_id, name))
         return out
