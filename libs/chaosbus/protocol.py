@@ -8,14 +8,21 @@ on failure it carries ``error``, a sentence meant for the operator.
 from __future__ import annotations
 
 import hashlib
-import signal as _signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import codec, labels
 from .globs import GlobError, PathPattern, compile_glob
-from .rules import MAX_RULES, METHOD_SET, FaultRule, RuleError, is_rule_id, show
+from .rules import (
+    MAX_RULES,
+    METHOD_SET,
+    FaultRule,
+    RuleError,
+    is_rule_id,
+    show,
+    signal_number,
+)
 
 # Lazy mode's one-shot actions: they act on unsynced data, not on rules.
 LAZY_OPS = ("report-unsynced", "lose-unsynced", "torn-write", "power-cut")
@@ -254,24 +261,10 @@ def _seed(value: Any) -> int | str:
 
 def _signal_number(value: Any) -> int:
     """KILL, SIGKILL, kill, 9 or "9": the signal's number on this system."""
-    text = value.strip() if isinstance(value, str) else ""
-    if text.isascii() and text.isdigit() and len(text) <= 3:  # int() of huge text is slow
-        value = int(text)
-    if isinstance(value, bool):
-        pass
-    elif isinstance(value, int):
-        if 1 <= value <= 64:
-            return value
-    elif isinstance(value, str):
-        name = value.strip().upper()
-        if not name.startswith("SIG"):
-            name = "SIG" + name
-        member = _signal.Signals.__members__.get(name)
-        if member is not None:
-            return int(member)
-    raise CommandError(
-        f"signal must be a name like KILL or TERM or a number from 1 to 64, got {show(value)}"
-    )
+    try:
+        return signal_number(value)
+    except RuleError as exc:
+        raise CommandError(str(exc)) from None
 
 
 MAX_TARGET_NAMES = 100_000
