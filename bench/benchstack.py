@@ -47,6 +47,12 @@ from chaosbus.subjects import event_filter, pod_from_event_subject
 from chaosctl.cli import build_parser
 from chaosctl.client import Session
 
+# One way to find ports, shared with the tests and the demo (tests/ports.py): servers
+# that can pick their own do; free_port for those that must be told one.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from ports import free_port as free_port  # the benches import it from here
+from ports import nats_client_port
+
 BIN = Path(sys.executable).parent  # the venv's: nats-server, chaosfs and the services
 BUSY_WARNING = 20.0  # percent of one CPU used by other processes that makes figures noisy
 
@@ -144,13 +150,6 @@ def stop_all(procs: dict[str, subprocess.Popen[bytes]], timeout: float, bench: s
             print(f"{bench}: {name} ignored SIGTERM for {timeout:g} s; killed", file=sys.stderr)
             proc.kill()
             proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def port_open(port: int) -> bool:
@@ -355,7 +354,7 @@ class FleetStack:
 
     root: Path
     bench: str  # the bench's name, to speak as
-    port: int = field(default_factory=free_port)
+    port: int = 0  # nats-server picks it (tests/ports.py)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     agents: dict[str, tuple[str, list[str]]] = field(default_factory=dict)  # name: (ns, pods)
     nats_version: str = ""
@@ -375,7 +374,8 @@ class FleetStack:
     def start_nats(self) -> None:
         conf = self.root / "nats.conf"
         conf.write_text(
-            f'listen: "127.0.0.1:{self.port}"\n'
+            'listen: "127.0.0.1:-1"\n'
+            f'ports_file_dir: "{self.root}"\n'
             f'jetstream {{ store_dir: "{self.root / "js"}", '
             "limits { default_max_consumers: -1 } }\n"
         )
@@ -383,6 +383,7 @@ class FleetStack:
         version = subprocess.run([server, "--version"], capture_output=True, text=True)
         self.nats_version = version.stdout.strip().rpartition(" ")[2]
         self.procs["nats"] = spawn([server, "-c", str(conf)], self.log("nats"), child_setup)
+        self.port = nats_client_port(self.root, self.procs["nats"])
         deadline = time.monotonic() + 10
         while not port_open(self.port):
             self.check_alive()
