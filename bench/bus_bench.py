@@ -23,7 +23,9 @@ talks to them through chaosctl's own code: ``chaosctl.client.Session`` and the
    measured alongside. The kinds alternate in blocks, so that background work
    (the fleet's timers, heartbeats and registry writes) hits them alike. Whole
    ``chaosctl fault set`` and ``fault recover --pod --id`` commands are timed too:
-   they add the desired-state bookkeeping to the round trip.
+   they add the desired-state bookkeeping to the round trip. The echo
+   responder's CPU per request it answered is the floor of any nats-py
+   subscriber on this machine (one message in, one out).
 2. A rule to the whole fleet, against Chaos Mesh v0.9's pattern, in interleaved runs:
    ``chaosctl fault broadcast --namespace NS`` (its handler timed whole, and its
    ``Session.broadcast`` on its own: subscribe to the reply inbox, one publish,
@@ -32,7 +34,8 @@ talks to them through chaosctl's own code: ``chaosctl.client.Session`` and the
    before the next, to the same agents; with the CPU time the fleet's processes spent meanwhile, per
    acknowledgement, in all and above what the idle fleet spends in the same time
    (the agent's work for one fleet command: decoding and parsing it, setting the
-   rule, auditing it, answering). Each is
+   rule, auditing it, answering), and nats-server's and chaosctl's CPU in the same
+   time, the rest of what a broadcast costs the machine. Each is
    followed by ``chaosctl fault recover --fleet --all``, so that no state
    accumulates; every agent must acknowledge every one of them.
 
@@ -189,18 +192,25 @@ class TimedSession(Session):
     def __init__(self, nc: Client, timeout: float) -> None:
         super().__init__(nc, timeout)
         self.fleet_pids: list[int] = []
+        self.server_pid = 0
         self.broadcast_ms: list[float] = []
         self.broadcast_cpu_ms: list[float] = []
+        # Meanwhile, nats-server's CPU and this process's own (chaosctl's side).
+        self.broadcast_server_ms: list[float] = []
+        self.broadcast_own_ms: list[float] = []
 
     async def broadcast(
         self, command: dict[str, Any], expected: set[str], lost: set[str] | None = None
     ) -> FleetResult:
+        server, own = cpu_ms([self.server_pid]), time.process_time()
         cpu, t0 = cpu_ms(self.fleet_pids), time.perf_counter()
         try:
             return await super().broadcast(command, expected, lost)
         finally:
             self.broadcast_ms.append(since(t0))
             self.broadcast_cpu_ms.append(cpu_ms(self.fleet_pids) - cpu)
+            self.broadcast_server_ms.append(cpu_ms([self.server_pid]) - server)
+            self.broadcast_own_ms.append(1000 * (time.process_time() - own))
 
 
 def set_command(rule_id: str) -> dict[str, Any]:
@@ -259,6 +269,7 @@ class RoundTrips:
     command_set: list[float] = field(default_factory=list)  # whole chaosctl commands
     command_recover: list[float] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    echo_cpu_ms: float = math.nan  # the echo responder's CPU per request it answered
 
 
 async def round_trips(stack: FleetStack, s: Session, plan: Plan) -> RoundTrips:
@@ -296,6 +307,8 @@ async def round_trips(stack: FleetStack, s: Session, plan: Plan) -> RoundTrips:
     ]
     if pods:
         kinds.append(functools.partial(pairs, fleet=True))
+    echo_pid = stack.procs["echo"].pid
+    echo_cpu, echoes = cpu_ms([echo_pid]), WARMUP + plan.round_trips
     for kind in kinds:
         await kind(WARMUP, False)
     for block, start in enumerate(range(0, plan.round_trips, BLOCK)):
@@ -303,6 +316,9 @@ async def round_trips(stack: FleetStack, s: Session, plan: Plan) -> RoundTrips:
         n = min(BLOCK, plan.round_trips - start)
         for kind in kinds if block % 2 == 0 else kinds[::-1]:
             await kind(n, True)
+    # The interpreter's and nats-py's floor: a bare subscriber's CPU per request it
+    # answers (it does nothing else in the meantime, bar a ping every two minutes).
+    out.echo_cpu_ms = (cpu_ms([echo_pid]) - echo_cpu) / echoes
 
     for i in range(plan.commands if pods else 0):
         ref = f"{NAMESPACE}/{pods[i % len(pods)]}"
@@ -327,6 +343,8 @@ async def round_trips(stack: FleetStack, s: Session, plan: Plan) -> RoundTrips:
 class FleetRuns:
     broadcast: list[float] = field(default_factory=list)  # Session.broadcast: to the last ack
     broadcast_cpu: list[float] = field(default_factory=list)  # the fleet's CPU ms meanwhile
+    broadcast_server: list[float] = field(default_factory=list)  # nats-server's CPU meanwhile
+    broadcast_own: list[float] = field(default_factory=list)  # the bench's own (chaosctl's)
     command: list[float] = field(default_factory=list)  # the whole chaosctl fault broadcast
     acked: list[int] = field(default_factory=list)
     sequential: list[float] = field(default_factory=list)  # one request per pod, in turn
@@ -363,6 +381,8 @@ async def broadcast_run(s: TimedSession, want: set[str], run: int, out: FleetRun
     out.command.append(ms)
     out.broadcast.append(s.broadcast_ms[-1])
     out.broadcast_cpu.append(s.broadcast_cpu_ms[-1])
+    out.broadcast_server.append(s.broadcast_server_ms[-1])
+    out.broadcast_own.append(s.broadcast_own_ms[-1])
     out.acked.append(fleet_check(outcome, want, True, f"broadcast, run {run + 1}", out))
 
 
@@ -425,6 +445,7 @@ async def measure(stack: FleetStack, plan: Plan) -> Results:
         others = meter.percent()
         fleet = await start_agents(stack, s, NAMESPACE, fleet_batches(plan))
         s.fleet_pids = stack.fleet_pids
+        s.server_pid = stack.procs["nats"].pid
         await idle_fleet(stack, fleet, plan.idle)
         meter = OthersMeter([p.pid for p in stack.procs.values()])
         trips = await round_trips(stack, s, plan)
@@ -504,6 +525,10 @@ def report_trips(r: Results, plan: Plan) -> None:
         print(f"  whole chaosctl commands, {plan.commands} each, to fleet agents:")
         print(row("    fault set (round trip + desired-state record)", t.command_set, t.echo))
         print(row("    fault recover --id (round trip + desired-state update)", t.command_recover))
+    print(
+        "the echo responder's CPU per request it answered (a bare nats-py subscriber's "
+        f"floor): {quiet.echo_cpu_ms:.3f} ms before the fleet, {t.echo_cpu_ms:.3f} ms with it"
+    )
     goals = [
         ("lone agent, before the fleet", percentile(quiet.solo_set, 99)),
         ("lone agent, with the fleet", percentile(t.solo_set, 99)),
@@ -546,6 +571,8 @@ def report_runs(f: FleetRuns, r: Results, plan: Plan) -> None:
     print(
         per_row("    of which above its idle rate", above_idle(f.broadcast_cpu, f.broadcast, r), n)
     )
+    print(per_row("  nats-server's CPU meanwhile, ms per ack", f.broadcast_server, n))
+    print(per_row("  chaosctl's (this process's) CPU meanwhile, ms per ack", f.broadcast_own, n))
     print(ms_row(f"Chaos Mesh v0.9's pattern: {n} requests in turn (baseline)", f.sequential))
     print(per_row("  the fleet's CPU meanwhile, ms per ack", f.sequential_cpu, n))
     print(

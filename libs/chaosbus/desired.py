@@ -73,6 +73,29 @@ class Entry:
         return cls(rule, target, actor, time.time())
 
 
+class Memo:
+    """What ``compute`` worked out about each entry, for one sidecar (its namespace,
+    name and labels never change): whether a fleet entry's target takes it in, and
+    each wanted rule parsed, or why it is invalid. Kept while the entry is the same
+    object, which it is until its key is written again (every revision of a key is
+    read into an Entry of its own): a change to one key then costs one entry's
+    parse, not every entry's. Holds only the entries of the last call."""
+
+    __slots__ = ("rules", "sidecar", "targets")
+
+    def __init__(self) -> None:
+        self.targets: dict[str, tuple[Entry, bool | str]] = {}  # True, False or the error
+        self.rules: dict[str, tuple[dict[str, Any], FaultRule | str]] = {}
+        # Whom the targets were matched for: asked for another sidecar (or after its
+        # labels changed), the memo starts empty.
+        self.sidecar: tuple[str, str, dict[str, str]] | None = None
+
+    def check(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+        if self.sidecar != (namespace, name, labels):
+            self.targets, self.rules = {}, {}
+            self.sidecar = (namespace, name, dict(labels))
+
+
 def compute(
     fleet: dict[str, Entry],
     pod: dict[str, Entry],
@@ -81,32 +104,61 @@ def compute(
     labels: dict[str, str],
     now: float,
     log: Any = None,
+    memo: Memo | None = None,
 ) -> list[FaultRule]:
-    """The rules one sidecar should hold, from the fleet's and its own entries."""
+    """The rules one sidecar should hold, from the fleet's and its own entries.
+
+    ``memo`` (one per sidecar) keeps the work on entries that did not change since
+    the last call; the result is the same with or without it.
+    """
+    if memo is not None:
+        memo.check(namespace, name, labels)
+    targets: dict[str, tuple[Entry, bool | str]] = {}
     wanted: dict[str, dict[str, Any]] = {}
-    for entry in fleet.values():
+    for key, entry in fleet.items():
         if entry.rule is None:
             continue
-        try:
-            if Target(entry.target).matches(namespace, name, labels):
-                wanted[str(entry.rule.get("id"))] = entry.rule
-        except ValueError as exc:
-            if log is not None:
-                log.warning("desired_entry_invalid", error=str(exc))
+        known = memo.targets.get(key) if memo is not None else None
+        taken = known[1] if known is not None and known[0] is entry else None
+        if taken is None:
+            try:
+                taken = Target(entry.target).matches(namespace, name, labels)
+            except ValueError as exc:
+                taken = str(exc)
+        targets[key] = (entry, taken)
+        if taken is True:
+            wanted[str(entry.rule.get("id"))] = entry.rule
+        elif taken is not False and log is not None:
+            log.warning("desired_entry_invalid", error=taken)
     for entry_id, entry in pod.items():
         if entry.rule is None:
             wanted.pop(entry_id, None)
         else:
             wanted[str(entry.rule.get("id"))] = entry.rule
+    parsed: dict[str, tuple[dict[str, Any], FaultRule | str]] = {}
     rules = []
-    for wire in wanted.values():
-        try:
-            rule = FaultRule.from_wire(dict(wire), now=now)
-        except RuleError as exc:
+    for rule_id, wire in wanted.items():
+        known_rule = memo.rules.get(rule_id) if memo is not None else None
+        rule: FaultRule | str
+        if known_rule is not None and known_rule[0] is wire:
+            rule = known_rule[1]
+            parsed[rule_id] = known_rule
+        else:
+            try:
+                rule = FaultRule.from_wire(dict(wire), now=now)
+            except RuleError as exc:
+                rule = str(exc)
+            # A relative ttl ends the rule counting from this parse: parsed again
+            # each time, as it always was, rather than kept.
+            if "ttl" not in wire:
+                parsed[rule_id] = (wire, rule)
+        if isinstance(rule, str):
             if log is not None:
-                log.warning("desired_rule_invalid", rule=wire.get("id"), error=str(exc))
+                log.warning("desired_rule_invalid", rule=wire.get("id"), error=rule)
             continue
         if rule.expires_at is not None and rule.expires_at <= now:
             continue  # its experiment is over: never brought back
         rules.append(rule)
+    if memo is not None:
+        memo.targets, memo.rules = targets, parsed
     return rules

@@ -4,7 +4,8 @@ A glob is matched against a path relative to the mount root, without a leading
 slash ("" is the root itself). ``*`` and ``?`` stay inside one path segment,
 ``**`` as a whole segment spans any number of segments (zero included, so
 ``dir/**`` covers ``dir`` itself), and
-``[...]`` is a character class. Globs are compiled once, when a rule is set.
+``[...]`` is a character class. Globs are compiled when a rule is set, and the
+compiled pattern is kept by its text for the next rule that names it.
 
 A path regex is what Chaos Mesh v0.9's IoChaos ``path`` was: a regular expression
 searched anywhere in "/" + the path relative to the mount root (the root itself
@@ -22,12 +23,21 @@ keeps each such byte one character for ``?`` and ``*`` as Python's ``re`` did.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import re2
 
 MAX_GLOB_LENGTH = 1024
 MAX_REGEX_LENGTH = 1024
+# Compiled patterns kept by their source text, the least recently used dropped first.
+# The same few globs come back all the time (a fleet command and the desired-state
+# entry that records it, a rule recovered and set again, a schedule's next run), and
+# compiling one costs a few RE2 compilations; matching from a shared pattern is safe,
+# as a compiled pattern is never changed. Bounded in count, and each entry in size
+# (MAX_GLOB_LENGTH, MAX_REGEX_LENGTH): hostile globs ("*a*a...") take 13-30 KB each
+# once compiled and matched, so a full cache holds a few MB at most.
+COMPILED_CACHE_SIZE = 256
 
 
 class GlobError(ValueError):
@@ -96,6 +106,19 @@ class PathPattern:
 
 
 def compile_glob(glob: str) -> PathPattern:
+    """The glob compiled (raises ``GlobError``); the same text gives the same,
+    shared, pattern while it is among the last ``COMPILED_CACHE_SIZE`` asked for."""
+    return _compile_glob(glob)
+
+
+def compile_path_regex(regex: str) -> PathPattern:
+    """A Chaos Mesh v0.9 style path regex; ``GlobError`` names the field at fault.
+    Shared as ``compile_glob``'s patterns are."""
+    return _compile_path_regex(regex)
+
+
+@functools.lru_cache(maxsize=COMPILED_CACHE_SIZE)  # errors are raised, never kept
+def _compile_glob(glob: str) -> PathPattern:
     if len(glob) > MAX_GLOB_LENGTH:
         raise GlobError(f"path glob is longer than {MAX_GLOB_LENGTH} characters")
     if "\x00" in glob:
@@ -134,8 +157,8 @@ def compile_glob(glob: str) -> PathPattern:
     return PathPattern("glob", source, pattern, f"(?s)/{body}", rx)
 
 
-def compile_path_regex(regex: str) -> PathPattern:
-    """A Chaos Mesh v0.9 style path regex; ``GlobError`` names the field at fault."""
+@functools.lru_cache(maxsize=COMPILED_CACHE_SIZE)
+def _compile_path_regex(regex: str) -> PathPattern:
     if len(regex) > MAX_REGEX_LENGTH:
         raise GlobError(f"path_regex is longer than {MAX_REGEX_LENGTH} characters")
     if "\x00" in regex:

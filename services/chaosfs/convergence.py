@@ -24,6 +24,7 @@ lets a pod read its own desired state and the fleet's, and no other pod's, that 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
@@ -69,6 +70,7 @@ class DesiredState:
         self.fleet: dict[str, desired.Entry] = {}
         self.pod: dict[str, desired.Entry] = {}
         self.synced = asyncio.Event()
+        self._memo = desired.Memo()  # each entry parsed once per revision, not per change
 
     async def run(self, nc: Client, restart: asyncio.Event) -> None:
         """Follow until cancelled; start over whenever ``restart`` is set (a reconnect)."""
@@ -90,39 +92,45 @@ class DesiredState:
     async def _follow(self, nc: Client, restart: asyncio.Event) -> None:
         kv = await nc.jetstream().key_value(desired.BUCKET)
         prefix = desired.pod_prefix(self.namespace, self.name)
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        # What the feeds delivered and this loop has not taken yet, and the event that
+        # wakes it: one wait per burst, no task made for each (a thousand sidecars
+        # wake at every fleet change).
+        pending: collections.deque[tuple[str, Any]] = collections.deque()
+        wake = asyncio.Event()
+
+        def put(item: tuple[str, Any]) -> None:
+            pending.append(item)
+            wake.set()
+
         subs: list[Any] = []
         restarted = asyncio.create_task(restart.wait())
-        getter: asyncio.Task[tuple[str, Any]] | None = None
+        restarted.add_done_callback(lambda _: wake.set())
         try:
             for which, keys in (("fleet", "fleet.>"), ("pod", f"{prefix}.>")):
-                subs.append(await _feed(nc, kv, keys, which, queue))
+                subs.append(await _feed(nc, kv, keys, which, put))
             fleet: dict[str, desired.Entry] = {}
             pod: dict[str, desired.Entry] = {}
             complete = {"fleet": False, "pod": False}
             read = False
             while True:
-                # Everything already queued is taken in one go, and applied once.
-                batch = []
-                while not queue.empty():
-                    batch.append(queue.get_nowait())
-                if not batch:
-                    getter = asyncio.create_task(queue.get())
-                    await asyncio.wait({getter, restarted}, return_when=asyncio.FIRST_COMPLETED)
-                    if not getter.done():
-                        return  # a reconnect: read everything again
-                    batch.append(getter.result())
-                    getter = None
+                if not pending:
+                    wake.clear()
+                    await wake.wait()
+                if restarted.done():
+                    return  # a reconnect: read everything again
+                if not pending:
+                    continue
                 if read:
                     # Desired state was applied already: let a burst of changes settle
                     # and apply it once (a fleet recover deletes many keys; a broadcast's
                     # record lands just before its command, which then sets the rule
                     # first and leaves the record nothing to change).
                     await asyncio.sleep(CONVERGE_SETTLE)
-                    while not queue.empty():
-                        batch.append(queue.get_nowait())
-                if restarted.done():
-                    return
+                    if restarted.done():
+                        return
+                # Everything queued by now is taken in one go, and applied once.
+                batch = list(pending)
+                pending.clear()
                 for which, item in batch:
                     if item is COMPLETE:
                         complete[which] = True
@@ -138,9 +146,7 @@ class DesiredState:
                     await self.converge()
                     self.synced.set()
         finally:
-            for task in (restarted, getter):
-                if task is not None:
-                    task.cancel()
+            restarted.cancel()
             for sub in subs:
                 # While the connection is open this also ends nats-py's heartbeat and
                 # flow-control tasks for the feed; the shutdown relies on that.
@@ -174,7 +180,14 @@ class DesiredState:
 
     async def converge(self) -> None:
         rules = desired.compute(
-            self.fleet, self.pod, self.namespace, self.name, self.labels, time.time(), self.log
+            self.fleet,
+            self.pod,
+            self.namespace,
+            self.name,
+            self.labels,
+            time.time(),
+            self.log,
+            memo=self._memo,
         )
         await self.apply(rules)
 
@@ -241,13 +254,13 @@ def _stop_flow_control_poll(sub: Any) -> None:
 
 
 async def _feed(
-    nc: Client, kv: Any, keys: str, which: str, queue: asyncio.Queue[tuple[str, Any]]
+    nc: Client, kv: Any, keys: str, which: str, put: Callable[[tuple[str, Any]], None]
 ) -> Any:
-    """Start one feed of ``keys`` into ``queue``: (which, message) for each value, then
+    """Start one feed of ``keys`` into ``put``: (which, message) for each value, then
     for each change; (which, COMPLETE) if the range holds no value at all."""
 
     async def deliver(msg: Msg) -> None:
-        queue.put_nowait((which, msg))
+        put((which, msg))
 
     # nats-py 2.16's KeyValue keeps its stream and subject prefix here.
     sub = await subscribe_last_values(nc, f"{kv._pre}{keys}", kv._stream, cb=deliver)
@@ -260,5 +273,5 @@ async def _feed(
     # Nothing sent and nothing to send: the range is empty. Anything sent has a
     # message with nothing pending after it on its way, which marks completeness.
     if (info.delivered is None or info.delivered.consumer_seq == 0) and not info.num_pending:
-        queue.put_nowait((which, COMPLETE))
+        put((which, COMPLETE))
     return sub

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import dataclasses
 import errno as errno_mod
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,22 @@ from .inodes import Inode, InodeTable
 EVENTS_PER_SECOND = 100.0  # injection events kept for the bus; the rest are counted
 EVENT_BACKLOG = 4096
 CUT_ERRNO = errno_mod.EIO  # what the mount answers between a cut point and the cut
+
+
+# The random choices of rules without a seed (percent, jitter, errno lists, corruption,
+# short lengths) all come from this one generator, seeded once from the OS: a
+# generator of their own, seeded from the OS for every new rule, cost a system call
+# and 2.5 KB of state per rule on every sidecar a broadcast reaches. Only the FUSE
+# thread draws from it. A rule with a seed gets its own generator (rule_rng), so that
+# its choices repeat for the same sequence of operations whatever other rules do.
+_UNSEEDED = random.Random()
+
+
+def rule_rng(rule: FaultRule) -> random.Random:
+    """The generator of a rule's random choices: its own, seeded, if the rule has a
+    seed (the README's promise: the same choices for the same operations), else the
+    shared one."""
+    return _UNSEEDED if rule.seed is None else random.Random(rule.seed)
 
 
 @dataclass(slots=True)
@@ -115,11 +132,18 @@ class RuleSet:
 
     @classmethod
     def build(cls, version: int, rules: tuple[FaultRule, ...]) -> RuleSet:
-        by_method = {m: tuple(r for r in rules if r.applies_to(m)) for m in METHODS}
+        # One pass over the rules, each visiting only its own methods (rules keep
+        # their order within a method), rather than every method asking every rule.
+        lists: dict[str, list[FaultRule]] = {}
+        for rule in rules:
+            for method in rule.methods or METHODS:
+                lists.setdefault(method, []).append(rule)
+        by_method = {m: tuple(lists[m]) for m in METHODS if m in lists}
         quotas = tuple(r for r in rules if r.action == "enospc" and not r.dry_run)
         attr_rules = tuple(r for r in rules if r.action == "attr" and not r.dry_run)
-        any_path = _combine(rules)
-        by_method = {m: rs for m, rs in by_method.items() if rs}
+        # Each path once, in the rules' order: rules that share paths share joins.
+        paths = tuple({r.path_regex.rooted: r.path_regex.size for r in rules}.items())
+        any_path = _combine(paths)
         prefixes = tuple(sorted({_reach(r) for r in rules}))
         return cls(version, rules, by_method, quotas, attr_rules, any_path, prefixes)
 
@@ -134,14 +158,33 @@ class RuleSet:
 
 
 JOIN_PROGRAM_SIZE = 16_000  # RE2 program size of one join of rules' paths
+# Joins kept by the paths they join, the least recently used dropped first: a rule
+# recovered and set again, a rule replaced by one with the same path, or a fleet
+# command and the desired-state entry that records it give the same paths again,
+# and compiling a join is most of what building a rule set costs. Only joins that
+# fit one pattern are kept (about a megabyte at most, measured), and only a few:
+# a sidecar's memory stays bounded whatever rule sets it is sent.
+JOIN_CACHE_SIZE = 8
 
 
-def _combine(rules: tuple[FaultRule, ...]) -> tuple[Any, ...]:
-    """RE2 patterns that together cover exactly what the rules' paths cover."""
-    sizes = {r.path_regex.rooted: r.path_regex.size for r in rules}  # each path once
+def _combine(paths: tuple[tuple[str, int], ...]) -> tuple[Any, ...]:
+    """RE2 patterns that together cover exactly what the paths cover: each path as
+    (RE2 source of "/" + path, its program size), distinct. The compiled patterns
+    are only ever matched against, so rule sets may share them."""
+    if sum(size for _, size in paths) <= JOIN_PROGRAM_SIZE:
+        return _combine_kept(paths)
+    return _join(paths)
+
+
+@functools.lru_cache(maxsize=JOIN_CACHE_SIZE)
+def _combine_kept(paths: tuple[tuple[str, int], ...]) -> tuple[Any, ...]:
+    return _join(paths)
+
+
+def _join(paths: tuple[tuple[str, int], ...]) -> tuple[Any, ...]:
     groups: list[list[str]] = []
     total = 0
-    for rooted, size in sizes.items():
+    for rooted, size in paths:
         if not groups or total + size > JOIN_PROGRAM_SIZE:
             groups.append([])
             total = 0
@@ -499,7 +542,7 @@ class FaultEngine:
     def _publish(self, rules: tuple[FaultRule, ...]) -> RuleSet:
         for rule in rules:
             if rule.id not in self.state:
-                self.state[rule.id] = RuleState(rng=random.Random(rule.seed))
+                self.state[rule.id] = RuleState(rng=rule_rng(rule))
         new = RuleSet.build(self.rules.version + 1, rules)
         self.rules = new
         live = {r.id for r in rules}
@@ -606,7 +649,7 @@ class FaultEngine:
         for rule in self.rules.rules:
             item = rule.to_wire()
             st = self.state.get(rule.id)
-            item["stats"] = (st or RuleState(rng=random.Random(0))).to_wire()
+            item["stats"] = (st or RuleState(rng=_UNSEEDED)).to_wire()
             item["spent"] = rule.count is not None and st is not None and st.fired >= rule.count
             out.append(item)
         return out
