@@ -296,6 +296,7 @@ class Target:
             self._pods = compile_glob(pods.replace("/", "\x00"))
         except GlobError as exc:
             raise CommandError(str(exc)) from None
+        self._any_pod = pods == "*"  # the default: no pattern to match
         self.namespaces = frozenset(namespaces)
         self.names = _pod_refs(raw.get("names"))
         self.name_hashes = _pod_ref_hashes(raw.get("name_hashes"))
@@ -311,7 +312,7 @@ class Target:
             return False
         if not self.selector.matches(labels):
             return False
-        return bool(self._pods.match(name))
+        return self._any_pod or bool(self._pods.match(name))
 
 
 def _target_selector(value: Any) -> labels.LabelSelector:

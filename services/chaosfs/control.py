@@ -47,7 +47,7 @@ from . import commands, processes, provenance
 from .commands import Invalidation, LazyActions, MountClosing
 from .config import Config
 from .convergence import DesiredState, subscribe_last_values
-from .faults import FaultEngine, PowerCut, RuleState, process_name
+from .faults import FaultEngine, PowerCut, RuleState, process_name, rule_rng
 from .lazyfs import LazyOperations
 from .passthrough import ChaosOperations
 
@@ -477,7 +477,7 @@ class BusControl:
             # In place before the rule set that holds the rule is published: the engine
             # keeps a rule's existing state, so the FUSE thread never sees fresh counters.
             self.engine.state[rule.id] = RuleState(
-                rng=random.Random(rule.seed),
+                rng=rule_rng(rule),
                 matched=saved["matched"],
                 fired=saved["fired"],
                 last_fired=saved["last_fired"],
@@ -685,9 +685,12 @@ class BusControl:
         await self._register(gone=kind == "gone")
 
     async def _heartbeat(self) -> None:
+        # The first beat at a random point of the second half of a period: sidecars
+        # started together (a rollout, a node's restart) do not beat together for ever.
+        await asyncio.sleep(self.config.heartbeat * random.uniform(0.5, 1.0))
         while True:
-            await asyncio.sleep(self.config.heartbeat)
             await self._announce("heartbeat")
+            await asyncio.sleep(self.config.heartbeat)
 
     # --- commands ------------------------------------------------------------------
 
