@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import nats.errors
 from nats.aio.client import Client
 
-from . import codec
+from . import codec, wire
 from .subjects import FLEET_COMMAND
 
 REPLY_LIMIT = 16 * 1024 * 1024
@@ -33,7 +33,8 @@ BATCH_BYTES = codec.MAX_COMMAND_BYTES - 8 * 1024
 class FleetResult:
     expected: set[str] = field(default_factory=set)  # alive: waited for
     lost: set[str] = field(default_factory=set)  # recently lost: not waited for, still missing
-    acked: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Each acknowledging sidecar's reply; which shape depends on the command's op.
+    acked: dict[str, wire.Reply] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -95,7 +96,8 @@ async def broadcast(
                 continue
             pod = str(reply.get("pod"))
             if reply.get("ok"):
-                result.acked[pod] = reply
+                # Taken as sent: wire.Reply describes it, nothing here checks it.
+                result.acked[pod] = cast(wire.Reply, reply)
             else:
                 result.errors[pod] = str(reply.get("error"))
     finally:

@@ -122,15 +122,40 @@ class DirOpView(TypedDict, total=False):
     to: str | None
 
 
+class FileBytes(TypedDict, total=False):
+    files: dict[str, int]  # path: bytes
+    bytes: int  # in all
+
+
+class SizeChange(TypedDict, total=False):
+    now: int
+    after_cut: int
+
+
+class PendingWrite(TypedDict, total=False):
+    """One unsynced write (``off``, ``len``) or truncate (``truncate``: the new size),
+    numbered from 1 (``i``) as ``torn-write --persist`` takes them."""
+
+    i: int
+    off: int
+    len: int
+    truncate: int
+
+
+class WriteLog(TypedDict, total=False):
+    count: int  # unsynced writes in all
+    ops: list[PendingWrite]  # the first of them
+
+
 class UnsyncedReport(TypedDict, total=False):
     """What a power cut would lose now (``report-unsynced``)."""
 
     model: str
     files: dict[str, int]  # path: bytes a cut would change
     bytes: int
-    with_metadata: dict[str, Any]  # {"files": {path: bytes}, "bytes": n}
-    sizes: dict[str, dict[str, int]]  # path: {"now": n, "after_cut": n}
-    writes: dict[str, dict[str, Any]]  # path: {"count": n, "ops": [...]}
+    with_metadata: FileBytes  # the same for a cut with --metadata
+    sizes: dict[str, SizeChange]
+    writes: dict[str, WriteLog]
     dir_ops: list[DirOpView]
 
 

@@ -9,9 +9,9 @@ import getpass
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from chaosbus import codec, desired
+from chaosbus import codec, desired, wire
 from chaosbus.protocol import LAZY_OPS, CommandError, Target, parse_lazy
 from chaosbus.rules import METHOD_SET, FaultRule, RuleError
 from chaosbus.subjects import encode_token, parse_pod
@@ -46,7 +46,7 @@ def actor() -> str:
 async def fault_set(s: Session, args: argparse.Namespace) -> Outcome:
     namespace, name = parse_pod(args.pod)
     rule = rule_from_args(args)
-    reply = await s.request_pod(namespace, name, {"op": "set", "rules": [rule], "actor": actor()})
+    reply = await s.set_rules(namespace, name, {"op": "set", "rules": [rule], "actor": actor()})
     # Recorded once the sidecar took it, so that a restart brings it back.
     entry = desired.Entry.of(rule, actor())
     warnings = await _record(s, desired.pod_key(namespace, name, rule["id"]), entry)
@@ -68,7 +68,7 @@ async def fault_recover(s: Session, args: argparse.Namespace) -> Outcome:
     # "no such rule"), then desired state, whatever the sidecar said: a recovered
     # rule must stay away, also from a sidecar that was unreachable just now.
     try:
-        reply = await s.request_pod(namespace, name, command)
+        reply = await s.recover(namespace, name, command)
     finally:
         warnings = await _withdraw(s, namespace, name, args)
     return Outcome(EXIT_OK, output.recovered(reply), reply, warnings)
@@ -95,7 +95,7 @@ async def _withdraw(s: Session, namespace: str, name: str, args: argparse.Namesp
             elif args.id in mine:
                 await kv.delete(key)
         else:
-            status = await s.request_pod(namespace, name, {"op": "status"})
+            status = await s.status(namespace, name)
             wanted = desired.compute(
                 fleet, mine, namespace, name, status.get("labels") or {}, time.time()
             )
@@ -117,19 +117,20 @@ async def _withdraw(s: Session, namespace: str, name: str, args: argparse.Namesp
 
 async def fault_list(s: Session, args: argparse.Namespace) -> Outcome:
     namespace, name = parse_pod(args.pod)
-    reply = await s.request_pod(namespace, name, {"op": "status"})
-    return Outcome(EXIT_OK, output.rule_list(reply), {"pod": reply["pod"], "rules": reply["rules"]})
+    reply = await s.status(namespace, name)
+    listing: wire.RuleList = {"pod": reply["pod"], "rules": reply["rules"]}
+    return Outcome(EXIT_OK, output.rule_list(reply), listing)
 
 
 async def fault_methods(s: Session, args: argparse.Namespace) -> Outcome:
     namespace, name = parse_pod(args.pod)
-    reply = await s.request_pod(namespace, name, {"op": "methods"})
+    reply = await s.methods(namespace, name)
     return Outcome(EXIT_OK, " ".join(reply["methods"]), reply)
 
 
 async def status(s: Session, args: argparse.Namespace) -> Outcome:
     namespace, name = parse_pod(args.pod)
-    reply = await s.request_pod(namespace, name, {"op": "status"})
+    reply = await s.status(namespace, name)
     fleet, pods = await s.desired_entries()
     wanted = desired.compute(
         fleet,
@@ -216,8 +217,8 @@ async def fleet_recover(s: Session, args: argparse.Namespace) -> Outcome:
 def _fleet_outcome(result: FleetResult, warnings: list[str], *, results: bool = False) -> Outcome:
     """The fleet's answer: who acknowledged, who is missing, who refused (and why).
 
-    With ``results``, ``--json`` also carries each acknowledging sidecar's reply
-    under ``results`` and the text says what each one did.
+    With ``results`` (the answer to a lazy-mode action), ``--json`` also carries each
+    acknowledging sidecar's reply under ``results`` and the text says what each one did.
     """
     data: dict[str, Any] = {
         "acked": sorted(result.acked),
@@ -226,8 +227,9 @@ def _fleet_outcome(result: FleetResult, warnings: list[str], *, results: bool = 
     }
     text = output.fleet(result)
     if results:
-        data["results"] = {pod: result.acked[pod] for pod in sorted(result.acked)}
-        text = "\n".join([text, *(output.lazy(result.acked[p]) for p in sorted(result.acked))])
+        replies = _lazy_replies(result)
+        data["results"] = {pod: replies[pod] for pod in sorted(replies)}
+        text = "\n".join([text, *(output.lazy(replies[p]) for p in sorted(replies))])
     ok = result.total > 0 and not result.missing and not result.errors
     # A refusal is an answer: 3 only when nobody answered at all.
     answered = result.acked or result.errors
@@ -320,12 +322,15 @@ def _persist(text: str) -> list[int]:
     return numbers
 
 
-def _lazy_text(reply: dict[str, Any]) -> str:
+def _lazy_text(reply: wire.LazyReply) -> str:
     """output.lazy, plus what it does not show: a cut's tear, the size changes and the
     numbered writes of a report, a tear's warnings, processes a cut left alive."""
     pod = reply.get("pod", "?")
     if "killed" in reply and "torn" in reply:
-        text = output.lazy({k: v for k, v in reply.items() if k != "torn"})
+        # output.lazy shows one part of a reply: the cut first, then its tear on its own.
+        cut = reply.copy()
+        del cut["torn"]
+        text = output.lazy(cut)
         text += "\n" + output.lazy({"pod": pod, "torn": reply["torn"]})
     else:
         text = output.lazy(reply)
@@ -353,10 +358,11 @@ def _lazy_text(reply: dict[str, Any]) -> str:
         lines.append(f"  {path or '.'} writes: {', '.join(shown)}{tail}")
     for warning in (reply.get("torn") or {}).get("warnings") or []:
         lines.append(f"  warning: {warning}")
-    if reply.get("survivors"):
+    survivors = reply.get("survivors")
+    if survivors:
         lines.append(
             "  error: the cut left processes alive (a power cut stops everything): "
-            + ", ".join(f"{p.get('pid')} ({p.get('comm')})" for p in reply["survivors"])
+            + ", ".join(f"{p.get('pid')} ({p.get('comm')})" for p in survivors)
         )
     return "\n".join(lines)
 
@@ -369,15 +375,21 @@ async def fault_lazy(s: Session, args: argparse.Namespace) -> Outcome:
     command = lazy_command(args)
     if args.pod:
         namespace, name = parse_pod(args.pod)
-        reply = await s.request_pod(namespace, name, command)
+        reply = await s.lazy(namespace, name, command)
         code = EXIT_REFUSED if reply.get("survivors") else EXIT_OK
         return Outcome(code, _lazy_text(reply), reply)
     alive, lost = await s.expected(command["target"])
     result = await s.broadcast(command, alive, lost)
     outcome = _fleet_outcome(result, [], results=True)
-    if any(reply.get("survivors") for reply in result.acked.values()):
+    if any(reply.get("survivors") for reply in _lazy_replies(result).values()):
         outcome = dataclasses.replace(outcome, code=EXIT_REFUSED)
     return outcome
+
+
+def _lazy_replies(result: FleetResult) -> dict[str, wire.LazyReply]:
+    """The acknowledgements of a lazy-mode broadcast: a sidecar that said ``ok`` to a
+    lazy-mode command answered with a lazy-mode reply (as ``Session.lazy`` says of one pod)."""
+    return {pod: cast(wire.LazyReply, reply) for pod, reply in result.acked.items()}
 
 
 async def sidecars(s: Session, args: argparse.Namespace) -> Outcome:

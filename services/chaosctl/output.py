@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 from chaosbus import registry, wire
 from chaosbus.durations import format_duration
@@ -134,21 +134,19 @@ def fleet(result: FleetResult) -> str:
 MAX_FILES_SHOWN = 50  # per reply; --json has them all
 
 
-def lazy(reply: Mapping[str, Any]) -> str:
+def lazy(reply: wire.LazyReply) -> str:
     """What a lazy-mode action did on one sidecar, file by file, with totals.
 
-    Any lazy-mode reply (``wire.LazyReply``); also a part of one that the caller
-    split off, hence a plain mapping here."""
-    typed = cast(wire.LazyReply, reply)
-    pod = typed.get("pod", "?")
-    if "torn" in typed:
-        return _torn(pod, typed["torn"])
-    if "unsynced" in typed:
-        return _unsynced(pod, typed["unsynced"])
-    if "killed" in typed:
-        return _power_cut(pod, typed)
-    if "lost" in typed:
-        return "\n".join(_lost(pod, typed["lost"]))
+    Any lazy-mode reply, or a part of one that the caller split off."""
+    pod = reply.get("pod", "?")
+    if "torn" in reply:
+        return _torn(pod, reply["torn"])
+    if "unsynced" in reply:
+        return _unsynced(pod, reply["unsynced"])
+    if "killed" in reply:
+        return _power_cut(pod, reply)
+    if "lost" in reply:
+        return "\n".join(_lost(pod, reply["lost"]))
     return f"{pod}: done (the reply carried no figures)"
 
 

@@ -299,60 +299,81 @@ class _Spec:
         """Check the shapes once, so the rest can index without guarding."""
         if not isinstance(spec, dict):
             raise MutationError("the rendering's spec is not an object")
+        # Filled in order of the fields read, so the same rendering always gives the
+        # same warnings in the same order.
         warnings: list[str] = []
-
-        def named(key: str, identity: str = "name") -> list[Json]:
-            items = _list_of_objects(spec.get(key), f"rendering spec.{key}")
-            seen: set[str] = set()
-            out = []
-            for item in items:
-                value = item.get(identity)
-                if not isinstance(value, str) or not value:
-                    raise MutationError(f"rendering spec.{key}: an entry has no {identity}")
-                if value in seen:
-                    warnings.append(f"rendering spec.{key} names {value!r} twice; the first wins")
-                    continue
-                seen.add(value)
-                out.append(copy.deepcopy(item))
-            return out
-
-        mounts = named("volumeMounts")
-        for mount in mounts:
-            if not isinstance(mount.get("mountPath"), str) or not mount["mountPath"]:
-                raise MutationError(f"rendering volumeMount {mount['name']!r} has no mountPath")
-
-        aliases = _list_of_objects(spec.get("hostAliases"), "rendering spec.hostAliases")
-        for alias in aliases:
-            if not isinstance(alias.get("ip"), str) or not _str_list(alias.get("hostnames", [])):
-                raise MutationError("rendering spec.hostAliases: needs an ip and a hostnames list")
-
-        share = spec.get("shareProcessNamespace", False)
-        if share is not None and not isinstance(share, bool):
-            raise MutationError("rendering spec.shareProcessNamespace must be a boolean")
-
-        post_start: list[tuple[str, list[str]]] = []
-        raw_post = spec.get("postStart") or {}
-        if not isinstance(raw_post, dict):
-            raise MutationError("rendering spec.postStart must map container names to actions")
-        # Sorted: the same rendering always yields the same patch and warnings.
-        for target in sorted(raw_post, key=str):
-            action = raw_post[target]
-            command = action.get("command") if isinstance(action, dict) else None
-            if not isinstance(target, str) or not _str_list(command) or not command:
-                raise MutationError(f"rendering postStart {target!r} needs a command list")
-            post_start.append((target, list(command)))
-
+        mounts = _spec_mounts(spec, warnings)
+        aliases = _spec_host_aliases(spec)
+        share = _spec_share_process_namespace(spec)
+        post_start = _spec_post_start(spec)
         return cls(
-            init_containers=named("initContainers"),
-            containers=named("containers"),
+            init_containers=_spec_named(spec, "initContainers", warnings),
+            containers=_spec_named(spec, "containers", warnings),
             volume_mounts=mounts,
-            volumes=named("volumes"),
-            env=named("env"),
+            volumes=_spec_named(spec, "volumes", warnings),
+            env=_spec_named(spec, "env", warnings),
             host_aliases=copy.deepcopy(aliases),
             share_process_namespace=bool(share),
             post_start=post_start,
             warnings=warnings,
         )
+
+
+def _spec_named(spec: Json, key: str, warnings: list[str]) -> list[Json]:
+    """The rendering's list under ``key``, copied; every entry needs a name, and of
+    two entries with one name the first is kept (with a warning)."""
+    items = _list_of_objects(spec.get(key), f"rendering spec.{key}")
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        value = item.get("name")
+        if not isinstance(value, str) or not value:
+            raise MutationError(f"rendering spec.{key}: an entry has no name")
+        if value in seen:
+            warnings.append(f"rendering spec.{key} names {value!r} twice; the first wins")
+            continue
+        seen.add(value)
+        out.append(copy.deepcopy(item))
+    return out
+
+
+def _spec_mounts(spec: Json, warnings: list[str]) -> list[Json]:
+    mounts = _spec_named(spec, "volumeMounts", warnings)
+    for mount in mounts:
+        if not isinstance(mount.get("mountPath"), str) or not mount["mountPath"]:
+            raise MutationError(f"rendering volumeMount {mount['name']!r} has no mountPath")
+    return mounts
+
+
+def _spec_host_aliases(spec: Json) -> list[Json]:
+    aliases = _list_of_objects(spec.get("hostAliases"), "rendering spec.hostAliases")
+    for alias in aliases:
+        if not isinstance(alias.get("ip"), str) or not _str_list(alias.get("hostnames", [])):
+            raise MutationError("rendering spec.hostAliases: needs an ip and a hostnames list")
+    return aliases
+
+
+def _spec_share_process_namespace(spec: Json) -> bool | None:
+    share = spec.get("shareProcessNamespace", False)
+    if share is not None and not isinstance(share, bool):
+        raise MutationError("rendering spec.shareProcessNamespace must be a boolean")
+    return share
+
+
+def _spec_post_start(spec: Json) -> list[tuple[str, list[str]]]:
+    """(container name, command) of each postStart entry, sorted by name: the same
+    rendering always yields the same patch and warnings."""
+    raw_post = spec.get("postStart") or {}
+    if not isinstance(raw_post, dict):
+        raise MutationError("rendering spec.postStart must map container names to actions")
+    post_start: list[tuple[str, list[str]]] = []
+    for target in sorted(raw_post, key=str):
+        action = raw_post[target]
+        command = action.get("command") if isinstance(action, dict) else None
+        if not isinstance(target, str) or not _str_list(command) or not command:
+            raise MutationError(f"rendering postStart {target!r} needs a command list")
+        post_start.append((target, list(command)))
+    return post_start
 
 
 # --- containers ------------------------------------------------------------------
@@ -393,43 +414,65 @@ def _clashes(
     was never moved aside. A volume would be replaced by the template's. Entries
     equal to the template's (a pod made from an injected one) are no clash.
     """
-    refusals: list[Refusal] = []
     pod_init = {c["name"]: c for c in init_before}
     pod_app = {c["name"]: c for c in app_before}
-    template_app = {c["name"] for c in inject.containers}
+    messages = _container_clashes(pod_init, pod_app, inject)
+    messages += _init_container_clashes(pod_init, pod_app, inject)
+    refusals = [Refusal("container-clash", message) for message in messages]
+    return refusals + _volume_clashes(volumes_before, inject)
 
-    def clash(message: str) -> None:
-        refusals.append(Refusal("container-clash", message))
 
+def _container_clashes(
+    pod_init: dict[str, Json], pod_app: dict[str, Json], inject: _Spec
+) -> list[str]:
+    """The template's containers (the sidecar) against the pod's containers."""
+    messages: list[str] = []
     for container in inject.containers:
         name = container["name"]
         if name in pod_init:
-            clash(f"the pod has an init container named {name!r}, like the template's container")
+            messages.append(
+                f"the pod has an init container named {name!r}, like the template's container"
+            )
         elif name in pod_app and pod_app[name] != _prepare(container, inject):
-            clash(f"the pod has its own container named {name!r}, like the template's container")
+            messages.append(
+                f"the pod has its own container named {name!r}, like the template's container"
+            )
+    return messages
+
+
+def _init_container_clashes(
+    pod_init: dict[str, Json], pod_app: dict[str, Json], inject: _Spec
+) -> list[str]:
+    """The template's init containers against its own containers and the pod's."""
+    template_app = {c["name"] for c in inject.containers}
+    messages: list[str] = []
     for container in inject.init_containers:
         name = container["name"]
         if name in template_app:
-            clash(f"the template names both a container and an init container {name!r}")
+            messages.append(f"the template names both a container and an init container {name!r}")
         elif name in pod_app:
-            clash(f"the pod has a container named {name!r}, like the template's init container")
+            messages.append(
+                f"the pod has a container named {name!r}, like the template's init container"
+            )
         elif name in pod_init and pod_init[name] != _prepare(container, inject):
-            clash(
+            messages.append(
                 f"the pod has its own init container named {name!r}, like the template's "
                 "init container"
             )
+    return messages
+
+
+def _volume_clashes(volumes_before: list[Json], inject: _Spec) -> list[Refusal]:
     pod_volumes = {v["name"]: v for v in volumes_before}
-    for volume in inject.volumes:
-        name = volume["name"]
-        if name in pod_volumes and pod_volumes[name] != volume:
-            refusals.append(
-                Refusal(
-                    "volume-clash",
-                    f"the pod has its own volume named {name!r}, like a volume the template "
-                    "adds; it would be replaced",
-                )
-            )
-    return refusals
+    return [
+        Refusal(
+            "volume-clash",
+            f"the pod has its own volume named {volume['name']!r}, like a volume the template "
+            "adds; it would be replaced",
+        )
+        for volume in inject.volumes
+        if volume["name"] in pod_volumes and pod_volumes[volume["name"]] != volume
+    ]
 
 
 def _missing_volumes(inject: _Spec, pod_volumes: set[str]) -> list[Refusal]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -161,47 +161,75 @@ class _Spec:
         if verb == "v" and kind in ("int", "float"):
             verb = "d" if kind == "int" else "g"
         if verb in "sv" or (verb in "xX" and kind == "string"):
-            if kind == "nil":
-                raise Fail(f"refusing to format nil with %{verb}")
-            if verb == "s" and kind != "string":
-                raise Fail(f"%s needs a string, got {go_type(v)}")
-            text = to_text(v)[: self.precision]
-            if verb in "xX":
-                text = text.encode("utf-8", "surrogatepass").hex()
-                text = "0x" + text if text and "#" in self.flags else text
-                text = text.upper() if verb == "X" else text
-            return self.pad(text, zero_ok=True)
-        if verb == "q" and kind == "string":
-            return self.pad(go_quote(v[: self.precision]), zero_ok=True)
-        if verb == "t" and kind == "bool":
-            return self.pad("true" if v else "false", zero_ok=True)
-        if verb in "dxXob" and kind == "int":
-            body = format(abs(v), {"d": "d", "x": "x", "X": "X", "o": "o", "b": "b"}[verb])
-            if self.precision is not None:
-                body = body.rjust(self.precision, "0")
-            elif "0" in self.flags and "-" not in self.flags:
-                # Go pads the digits with zeros, leaving room for a sign but not for
-                # the # prefix: %#08x of 255 is 0x000000ff.
-                body = body.rjust(
-                    self.width - (v < 0 or "+" in self.flags or " " in self.flags), "0"
-                )
-            prefix = {"x": "0x", "X": "0X", "b": "0b"}.get(verb, "") if "#" in self.flags else ""
-            if "#" in self.flags and verb == "o" and not body.startswith("0"):
-                prefix = "0"  # Go's %#o: a leading zero, unless the digits have one
-            return self.number(v < 0, prefix + body, zero_ok=False)
-        if verb in "eEfFgG" and kind == "float":
-            if math.isinf(v) or math.isnan(v):
-                text = go_float(v)
-                if "+" in self.flags and text == "NaN":
-                    text = "+NaN"
-                return self.pad(text, zero_ok=False)
-            if verb in "gG" and self.precision is None:
-                body = go_float(abs(v))
-            else:
-                body = format(abs(v), f".{6 if self.precision is None else self.precision}{verb}")
-            body = body.upper() if verb in "EG" else body
-            return self.number(math.copysign(1, v) < 0, body, zero_ok=True)
-        raise Fail(f"%{verb} cannot format {go_type(v)} {to_text(v)!r}")
+            return self._text(verb, v, kind)
+        # Any other verb fits one kind of value only (see _BY_KIND below).
+        fits = _BY_KIND.get(kind)
+        if fits is None or verb not in fits[0]:
+            raise Fail(f"%{verb} cannot format {go_type(v)} {to_text(v)!r}")
+        return fits[1](self, verb, v)
+
+    def _text(self, verb: str, v: Any, kind: str) -> str:
+        """%v of anything but a number, %s of a string, %x and %X of a string's bytes."""
+        if kind == "nil":
+            raise Fail(f"refusing to format nil with %{verb}")
+        if verb == "s" and kind != "string":
+            raise Fail(f"%s needs a string, got {go_type(v)}")
+        text = to_text(v)[: self.precision]
+        if verb in "xX":
+            text = self._hex_bytes(verb, text)
+        return self.pad(text, zero_ok=True)
+
+    def _hex_bytes(self, verb: str, text: str) -> str:
+        """A string's UTF-8 bytes in hexadecimal; with #, 0x in front unless empty."""
+        text = text.encode("utf-8", "surrogatepass").hex()
+        text = "0x" + text if text and "#" in self.flags else text
+        return text.upper() if verb == "X" else text
+
+    def _quoted(self, verb: str, v: str) -> str:
+        """%q of a string: strconv.Quote of the text cut to the precision."""
+        return self.pad(go_quote(v[: self.precision]), zero_ok=True)
+
+    def _bool(self, verb: str, v: bool) -> str:
+        """%t of a bool."""
+        return self.pad("true" if v else "false", zero_ok=True)
+
+    def _integer(self, verb: str, v: int) -> str:
+        """%d, %x, %X, %o and %b of an int; the verb is also Python's format code."""
+        body = format(abs(v), verb)
+        if self.precision is not None:
+            body = body.rjust(self.precision, "0")
+        elif "0" in self.flags and "-" not in self.flags:
+            # Go pads the digits with zeros, leaving room for a sign but not for
+            # the # prefix: %#08x of 255 is 0x000000ff.
+            body = body.rjust(self.width - (v < 0 or "+" in self.flags or " " in self.flags), "0")
+        return self.number(v < 0, self._integer_prefix(verb, body) + body, zero_ok=False)
+
+    def _integer_prefix(self, verb: str, digits: str) -> str:
+        """What the # flag puts before an int's digits."""
+        if "#" not in self.flags:
+            return ""
+        if verb == "o":
+            return "" if digits.startswith("0") else "0"  # Go's %#o: one leading zero
+        return {"x": "0x", "X": "0X", "b": "0b"}.get(verb, "")
+
+    def _float(self, verb: str, v: float) -> str:
+        """%e, %E, %f, %F, %g and %G of a float; %g and %G without a precision print
+        the shortest digits that read back as the same float, as Go does."""
+        if math.isinf(v) or math.isnan(v):
+            return self._not_finite(v)
+        if verb in "gG" and self.precision is None:
+            body = go_float(abs(v))
+        else:
+            body = format(abs(v), f".{6 if self.precision is None else self.precision}{verb}")
+        body = body.upper() if verb in "EG" else body
+        return self.number(math.copysign(1, v) < 0, body, zero_ok=True)
+
+    def _not_finite(self, v: float) -> str:
+        """+Inf, -Inf or NaN (+NaN with the + flag), padded with spaces only."""
+        text = go_float(v)
+        if "+" in self.flags and text == "NaN":
+            text = "+NaN"
+        return self.pad(text, zero_ok=False)
 
     def number(self, negative: bool, body: str, *, zero_ok: bool) -> str:
         sign = "-" if negative else "+" if "+" in self.flags else " " if " " in self.flags else ""
@@ -213,3 +241,13 @@ class _Spec:
         if "-" in self.flags:
             return text.ljust(self.width)
         return text.rjust(self.width, "0" if zero_ok and "0" in self.flags else " ")
+
+
+# The verbs that fit each kind of value besides %v, %s and %x of a string, and the
+# method that formats them; any other pairing of verb and value is refused.
+_BY_KIND: dict[str, tuple[str, Callable[[_Spec, str, Any], str]]] = {
+    "string": ("q", _Spec._quoted),
+    "bool": ("t", _Spec._bool),
+    "int": ("dxXob", _Spec._integer),
+    "float": ("eEfFgG", _Spec._float),
+}
