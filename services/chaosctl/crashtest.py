@@ -310,7 +310,7 @@ class Campaign:
             if not found:
                 raise Unreachable(f"no live sidecar in the registry serves the mount {wanted}")
             self.namespace, self.name = parse_pod(str(found[0]["pod"]))
-        status = await self.s.request_pod(self.namespace, self.name, {"op": "status"})
+        status = await self.s.status(self.namespace, self.name)
         if not (status.get("lazy") or {}).get("enabled"):
             raise Refused(f"{self.pod} is not in lazy mode: start its chaosfs with -lazy")
         self.mount = self.mount or str(status.get("mountpoint") or "")
