@@ -280,7 +280,7 @@ CAPABILITIES: dict[str, Callable[[], str | None]] = {
     "nats": _missing_nats,
     "network": _missing_network,
 }
-# What every test outside tests/unit needs: the session used to refuse to start without it.
+# What every test outside tests/unit needs (root, FUSE and a loopback network).
 SYSTEM_NEEDS = ("root", "fuse", "network")
 UNIT_DIR = Path(__file__).parent / "unit"
 

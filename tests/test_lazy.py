@@ -1,4 +1,4 @@
-"""Lazy mode (issue 7): what was never fsynced is lost on a power cut, and only that.
+"""Lazy mode: what was never fsynced is lost on a power cut, and only that.
 
 Real parts throughout: chaosfs started with -lazy over a real FUSE mount, a real
 nats-server, commands sent as msgpack requests on the pod's subject, and

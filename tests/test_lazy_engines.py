@@ -1,4 +1,4 @@
-"""Lazy mode (issue 7): a second database engine through a power cut, as SQLite is
+"""Lazy mode: a second database engine through a power cut, as SQLite is
 in test_lazy.py: LMDB (tests/lazy_lmdb_load.py) committing through a -lazy mount,
 killed with its unsynced data by power-cut, must find every commit that returned.
 """

@@ -295,7 +295,7 @@ def test_watcher_publishes_and_the_injector_reads_but_cannot_write(
             rendering_key("chaos-testing", "chaosfs-pd"),
             rendering_key("chaos-testing", "chaosfs-tikv"),
         ]
-        # The renderings are intact: admission still injects the seed's sidecar.
+        # The renderings are intact: admission still injects Chaos Mesh v0.9's sidecar.
         pod, _ = admit(injector, tikv({f"{PREFIX}/request": "chaosfs-tikv"}))
         assert pod["spec"]["containers"][1]["image"] == "pingcap/chaos-fs:v0.9.1"
     finally:
