@@ -48,13 +48,13 @@ lock: system-deps
 	done
 
 lint: setup
-	$(VENV)/bin/ruff check libs services tests bench demo deploy
-	$(VENV)/bin/ruff format --check libs services tests bench demo deploy
+	$(VENV)/bin/ruff check libs services tests bench demo deploy scripts
+	$(VENV)/bin/ruff format --check libs services tests bench demo deploy scripts
 	$(VENV)/bin/mypy
 
 # Both tiers: the unit tier as nobody (test-unit), then the system tests as root.
 test: setup test-unit
-	$(VENV)/bin/ruff check libs services tests bench demo deploy
+	$(VENV)/bin/ruff check libs services tests bench demo deploy scripts
 	$(VENV)/bin/mypy
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest --ignore=tests/unit $(PYTEST_ARGS)
 
