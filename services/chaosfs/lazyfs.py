@@ -1,6 +1,9 @@
 """Lazy mode: chaosfs plays the machine's page cache, so a power cut can lose data.
 
-``LazyOperations`` is the passthrough with its backing-store hooks replaced:
+Two parts: ``LazyBacking``, the backing store (``backing.Backing``) that holds
+what is unsynced, and ``LazyOperations``, the FUSE operations over it, which add
+what the kernel must be shown differently (sizes and times from the cache, the
+trash hidden). What they do:
 
 - Writes and truncates go into a ``LazyCache`` (see ``lazy``) instead of the
   backing file; reads and sizes see them, as a page cache would. fsync and
@@ -39,18 +42,19 @@ import resource
 import shutil
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import pyfuse3
 import structlog
 import trio
-from pyfuse3 import EntryAttributes, FileInfo, RequestContext, SetattrFields
+from pyfuse3 import EntryAttributes
 
 from chaosbus.protocol import CommandError
 
 from . import sysio
+from .backing import DirectBacking
 from .faults import FaultEngine
 from .inodes import ROOT, Inode, InodeTable
 from .lazy import DirOp, DirtyFile, LazyCache, MetaJournal, Model, Undo
@@ -81,24 +85,37 @@ CTIMES_KEPT = 65536
 # the file system).
 SPACE_RECHECK = 1.0
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
-_T = TypeVar("_T")
 
 
-class LazyOperations(ChaosOperations):
+class LazyBacking:
+    """Lazy mode's backing store: the page cache (a ``backing.Backing``).
+
+    Holds unsynced writes and size changes (``cache``), the pending directory
+    operations (``journal``) and the trash their removals are parked in, writes
+    back on sync, on the memory budget and by age, and answers the control
+    plane's questions (what is unsynced) and actions (lose, tear) about them.
+    """
+
+    reshapes = True  # sizes, times and link counts as the page cache shows them (show)
+    watches_forgets = True  # a forgotten dirty file with no name left is dropped
+    open_strip = os.O_TRUNC  # truncates in the cache, not on disk (opened)
+    hidden: tuple[int, bytes] | None = (ROOT, TRASH)
+
     def __init__(
         self,
         table: InodeTable,
-        faults: FaultEngine,
-        cache_timeout: float,
         max_bytes: int,
-        log: structlog.stdlib.BoundLogger | None = None,
+        log: structlog.stdlib.BoundLogger,
         *,
         expire: float = DEFAULT_EXPIRE,
         interval: float = DEFAULT_INTERVAL,
         max_dir_ops: int = MAX_DIR_OPS,
     ) -> None:
-        super().__init__(table, faults, cache_timeout)
-        self.log = log or structlog.get_logger("chaosfs")
+        self.table = table
+        # The operations' open files (they set it): who still writes what (tear).
+        self.files: dict[int, FileHandle] = {}
+        self.direct = DirectBacking(table)  # for what cannot be journaled (see _pin_all)
+        self.log = log
         self.cache: LazyCache[Key] = LazyCache(max_bytes)
         self.journal: MetaJournal[Key] = MetaJournal(max_dir_ops)
         # Write-back by age (0: off): files dirty longer than expire, directory ops
@@ -128,12 +145,6 @@ class LazyOperations(ChaosOperations):
         self.parked_as: dict[bytes, Key] = {}  # trash name -> the inode parked there
         self.trash_fd = self._open_trash(table.root.fd)
         self.max_file_size = _largest_file(self.trash_fd)
-
-    def init(self) -> None:
-        # Called by pyfuse3 inside the trio run, before the first request.
-        super().init()
-        if self.expire > 0:
-            trio.lowlevel.spawn_system_task(self._timer, name="lazy write-back")
 
     # --- the trash --------------------------------------------------------------------
 
@@ -173,10 +184,18 @@ class LazyOperations(ChaosOperations):
             else:
                 self.parked.pop(key, None)
 
+    def listdir(self, handle: DirHandle) -> list[bytes]:
+        """The directory's names, less the trash (it lives beside the data)."""
+        names = self.direct.listdir(handle)
+        if handle.inode.id == ROOT:
+            names = [n for n in names if n != TRASH]
+        return names
+
     # --- what the kernel sees ---------------------------------------------------------
 
-    def _entry(self, inode: Inode, st: os.stat_result) -> EntryAttributes:
-        entry = super()._entry(inode, st)
+    def show(self, inode: Inode, st: os.stat_result, entry: EntryAttributes) -> None:
+        """The backing file's attributes as the page cache shows them: the pending
+        size, blocks and times; link counts without the names parked in the trash."""
         key = inode.key
         dirty = self.cache.get(key)
         if dirty is not None:
@@ -192,7 +211,8 @@ class LazyOperations(ChaosOperations):
                 if shown[1] == st.st_ctime_ns:
                     entry.st_ctime_ns = shown[0]
                 else:
-                    del self.ctimes[key]  # changed since through the mount: the backing is right
+                    # Changed since through the mount: the backing is right.
+                    del self.ctimes[key]
         parked = self.parked.get(key)
         if parked:
             entry.st_nlink = max(0, st.st_nlink - parked)
@@ -200,21 +220,51 @@ class LazyOperations(ChaosOperations):
             # The trash directory's ".." is a link to the root that no program made
             # (file systems that count no subdirectory links show 1: left alone).
             entry.st_nlink -= 1
-        return entry
 
-    async def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
-        if parent_inode == ROOT and name == TRASH:
-            entry = EntryAttributes()
-            entry.st_ino = 0
-            entry.entry_timeout = self.timeout
-            return entry
-        return await super().lookup(parent_inode, name, ctx)
+    # --- what open handles, setattr and statfs leave to the page cache -----------------
 
-    def _list(self, handle: DirHandle) -> list[bytes]:
-        names = super()._list(handle)
-        if handle.inode.id == ROOT:
-            names = [n for n in names if n != TRASH]
-        return names
+    def opened(self, node: Inode, fh: int, flags: int) -> None:
+        """``node`` was opened with ``flags`` as ``fh``; the backing open left O_TRUNC
+        out, which empties the file in the cache, not on disk: a power cut brings
+        it back."""
+        self.note_synchronous(fh, flags)
+        if flags & os.O_TRUNC:  # even O_RDONLY: Linux truncates, the kernel checked the right
+            self.truncate(node, None, 0)
+
+    def created(self, fh: int, flags: int) -> None:
+        self.note_synchronous(fh, flags)
+
+    def note_synchronous(self, fh: int, flags: int) -> None:
+        if flags & os.O_DSYNC:  # O_SYNC includes this bit on Linux
+            self.synchronous.add(fh)
+
+    def closed(self, fh: int) -> None:
+        self.synchronous.discard(fh)
+
+    def mtime_set(self, node: Inode, mtime_ns: int) -> None:
+        """A time set went to the backing file: the page cache shows it from now on,
+        and the write-back keeps it (tar, cp -p, rsync -t, touch -d)."""
+        dirty = self.cache.get(node.key)
+        if dirty is not None:
+            dirty.mtime_ns = mtime_ns
+
+    def reserved(self) -> int:
+        """Blocks unsynced data will take are not free, as with delayed allocation."""
+        return self.cache.grown
+
+    def start(self) -> None:
+        if self.expire > 0:
+            trio.lowlevel.spawn_system_task(self.flusher, name="lazy write-back")
+
+    def make_room(self) -> bool:
+        return self.free_trash()
+
+    def forgotten(self, keys: list[Key]) -> None:
+        """The kernel forgot the nodes of ``keys``: a dirty file without a name left
+        goes (see drop_if_gone)."""
+        for key in keys:
+            if key in self.writers and key not in self.table.by_key:
+                self.drop_if_gone(key)
 
     # --- data -------------------------------------------------------------------------
 
@@ -234,13 +284,13 @@ class LazyOperations(ChaosOperations):
         self.ctimes.pop(key, None)
         return self.cache.begin(key, os.fstat(fd).st_size, time.monotonic())
 
-    def _pread(self, handle: FileHandle, fh: int, size: int, off: int) -> bytes:
+    def pread(self, handle: FileHandle, fh: int, size: int, off: int) -> bytes:
         dirty = self.cache.get(handle.inode.key)
         if dirty is None:
             return os.pread(fh, size, off)
         return dirty.read(off, size, lambda o, n: os.pread(fh, n, o), os.fstat(fh).st_size)
 
-    def _pwrite(self, handle: FileHandle, fh: int, buf: bytes, off: int) -> int:
+    def pwrite(self, handle: FileHandle, fh: int, buf: bytes, off: int) -> int:
         node = handle.inode
         if off + len(buf) > self.max_file_size:
             # What the backing file system would say at the call, not at fsync.
@@ -272,7 +322,7 @@ class LazyOperations(ChaosOperations):
         if need <= self.space_ok and now - self.space_at < SPACE_RECHECK:
             return buf
         free = self._free_bytes(uid)
-        if need > free and self._free_trash():
+        if need > free and self.free_trash():
             free = self._free_bytes(uid)
         self.space_at = now
         self.space_ok = self.cache.grown + (free - self.cache.grown) // 2
@@ -289,76 +339,17 @@ class LazyOperations(ChaosOperations):
         blocks = sv.f_bfree if uid == 0 else sv.f_bavail
         return blocks * sv.f_frsize
 
-    def _size(self, node: Inode, fd: int) -> int:
+    def size(self, node: Inode, fd: int) -> int:
         return self.cache.size(node.key, os.fstat(fd).st_size)
 
-    def _truncate(self, node: Inode, fh: int | None, size: int) -> None:
+    def truncate(self, node: Inode, fh: int | None, size: int) -> None:
         if size > self.max_file_size:
             raise OSError(errno.EFBIG, "past the backing file system's largest file")
         dirty = self._dirty(node)
         self.cache.truncate(node.key, size)
         dirty.mtime_ns = dirty.ctime_ns = time.time_ns()
 
-    async def setattr(
-        self,
-        inode: int,
-        attr: EntryAttributes,
-        fields: SetattrFields,
-        fh: int | None,
-        ctx: RequestContext,
-    ) -> EntryAttributes:
-        entry = await super().setattr(inode, attr, fields, fh, ctx)
-        node = self.table.by_id.get(inode)
-        dirty = self.cache.get(node.key) if node is not None else None
-        if node is None or dirty is None or not (fields.update_mtime or fields.update_size):
-            return entry
-        # The time went to the backing file: the page cache shows it from now on,
-        # and the write-back must keep it (tar, cp -p, rsync -t, touch -d).
-        try:
-            st = os.stat(node.fd)
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        if fields.update_mtime:
-            dirty.mtime_ns = st.st_mtime_ns
-        return self._entry(node, st)
-
-    async def statfs(self, ctx: RequestContext) -> pyfuse3.StatvfsData:
-        data = await super().statfs(ctx)
-        if self.cache.grown:
-            # Blocks reserved for unsynced data are not free, as with delayed allocation.
-            used = -(-self.cache.grown // max(1, data.f_frsize))
-            data.f_bfree = max(0, data.f_bfree - used)
-            data.f_bavail = max(0, data.f_bavail - used)
-        return data
-
-    async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
-        # O_TRUNC empties the file in the cache, not on disk: a power cut brings it back.
-        info = await super().open(inode, flags & ~os.O_TRUNC, ctx)
-        self._note_synchronous(info.fh, flags)
-        if flags & os.O_TRUNC:  # even O_RDONLY: Linux truncates, the kernel checked the right
-            try:
-                self._truncate(self.table[inode], None, 0)
-            except OSError as exc:
-                await self.release(info.fh)
-                raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        return info
-
-    async def create(
-        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: RequestContext
-    ) -> tuple[FileInfo, EntryAttributes]:
-        info, entry = await super().create(parent_inode, name, mode, flags, ctx)
-        self._note_synchronous(info.fh, flags)
-        return info, entry
-
-    def _note_synchronous(self, fh: int, flags: int) -> None:
-        if flags & os.O_DSYNC:  # O_SYNC includes this bit on Linux
-            self.synchronous.add(fh)
-
-    async def release(self, fh: int) -> None:
-        self.synchronous.discard(fh)
-        await super().release(fh)
-
-    def _before_sync(self, handle: FileHandle) -> None:
+    def before_sync(self, handle: FileHandle) -> None:
         key = handle.inode.key
         had_data = key in self.cache
         self._write_back(key)
@@ -386,7 +377,7 @@ class LazyOperations(ChaosOperations):
                 # Raises with everything kept: the caller's fsync fails, as on a sick disk.
                 flush()
             except OSError as exc:
-                if exc.errno not in _OUT_OF_SPACE or not self._free_trash():
+                if exc.errno not in _OUT_OF_SPACE or not self.free_trash():
                     raise
                 flush()
             self._keep_times(key, fd, mtime, ctime)
@@ -415,15 +406,7 @@ class LazyOperations(ChaosOperations):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        keys = [self.table.by_id[n].key for n, _ in inode_list if n in self.table.by_id]
-        await super().forget(inode_list)
-        for key in keys:
-            fd = self.writers.get(key)
-            if fd is not None and key not in self.table.by_key:
-                self._drop_if_gone(key)
-
-    def _drop_if_gone(self, key: Key) -> None:
+    def drop_if_gone(self, key: Key) -> None:
         """A dirty file with no name left that the kernel forgot: nobody can read or
         sync it again, so its data is no loss, and holds memory and a descriptor."""
         fd = self.writers.get(key)
@@ -482,11 +465,11 @@ class LazyOperations(ChaosOperations):
                 except OSError as exc:
                     self.log.warning("trash_delete_failed", entry=op.trash, error=str(exc))
                 if key is not None:
-                    self._drop_if_gone(key)
+                    self.drop_if_gone(key)
             for key in op.dirs:
                 self._unpin(key)
 
-    def _made(self, parent: Inode, name: bytes, node: Inode) -> None:
+    def made(self, parent: Inode, name: bytes, node: Inode) -> None:
         if not self._pin_all(parent):
             return
         if node.is_dir:
@@ -510,22 +493,23 @@ class LazyOperations(ChaosOperations):
         self.log.warning("journal_skipped", reason="cannot park", path=path)
         return None
 
-    def _unlink(self, parent: Inode, name: bytes) -> None:
+    def unlink(self, parent: Inode, name: bytes) -> Inode | None:
         st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "is a directory")
         self._refuse_trash(parent, name)
         trash = self._parked(parent, name, (st.st_dev, st.st_ino))
         if trash is None:
-            return super()._unlink(parent, name)
+            return self.direct.unlink(parent, name)
         self._retire(self.journal.unlink(parent.key, name, trash))
+        return None  # parked: its space stays taken until the removal is durable
 
-    def _rmdir(self, parent: Inode, name: bytes) -> None:
+    def rmdir(self, parent: Inode, name: bytes) -> None:
         self._refuse_trash(parent, name)
         st = _empty_directory(parent.fd, name)
         trash = self._parked(parent, name, None)
         if trash is None:
-            return super()._rmdir(parent, name)
+            return self.direct.rmdir(parent, name)
         child = (st.st_dev, st.st_ino)
         self._retire(self.journal.rmdir(parent.key, name, trash, child))
 
@@ -533,7 +517,7 @@ class LazyOperations(ChaosOperations):
         if parent.id == ROOT and name == TRASH:
             raise PermissionError(errno.EPERM, "reserved for lazy mode")
 
-    def _rename(
+    def rename(
         self, old_parent: Inode, old: bytes, new_parent: Inode, new: bytes, flags: int
     ) -> None:
         self._refuse_trash(old_parent, old)
@@ -545,10 +529,10 @@ class LazyOperations(ChaosOperations):
         except FileNotFoundError:
             target = None
         if not self._pin_all(old_parent, new_parent):
-            super()._rename(old_parent, old, new_parent, new, flags)
+            self.direct.rename(old_parent, old, new_parent, new, flags)
         elif flags & pyfuse3.RENAME_EXCHANGE or target is None or flags & pyfuse3.RENAME_NOREPLACE:
             try:
-                super()._rename(old_parent, old, new_parent, new, flags)
+                self.direct.rename(old_parent, old, new_parent, new, flags)
             except OSError:
                 self._unpin_all(old_parent, new_parent)
                 raise
@@ -559,7 +543,7 @@ class LazyOperations(ChaosOperations):
             self._retire(op)
         elif _same(source, target):
             self._unpin_all(old_parent, new_parent)  # rename(2) does nothing then
-            super()._rename(old_parent, old, new_parent, new, flags)
+            self.direct.rename(old_parent, old, new_parent, new, flags)
         else:
             try:
                 self._replace(old_parent, old, new_parent, new, source, target)
@@ -616,12 +600,12 @@ class LazyOperations(ChaosOperations):
         )
         self._retire(op)
 
-    def _before_sync_dir(self, handle: DirHandle) -> None:
+    def before_sync_dir(self, handle: DirHandle) -> None:
         self._retire(self.journal.fsyncdir(handle.inode.key))
 
     # --- space, and write-back by age ---------------------------------------------------
 
-    def _free_trash(self) -> bool:
+    def free_trash(self) -> bool:
         """Out of space: the files parked in the trash hold space a native unlink
         would have freed. Make their removals durable now (early, as a full journal
         would commit); return whether any was."""
@@ -635,15 +619,7 @@ class LazyOperations(ChaosOperations):
         self.log.warning("trash_freed_early", reason="out of space", dir_ops=len(durable))
         return True
 
-    async def _with_space(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        try:
-            return await super()._with_space(call, *args, **kwargs)
-        except OSError as exc:
-            if exc.errno not in _OUT_OF_SPACE or not self._free_trash():
-                raise
-        return call(*args, **kwargs)
-
-    async def _timer(self) -> None:
+    async def flusher(self) -> None:
         """The flusher: every interval, write back what is older than expire."""
         while True:
             await trio.sleep(self.interval)
@@ -826,7 +802,7 @@ class LazyOperations(ChaosOperations):
             self._retire(survived)  # on the disk now, whatever a later cut asks
             self.table.generation += 1
             for key in list(self.writers):  # files whose creation was undone
-                self._drop_if_gone(key)
+                self.drop_if_gone(key)
         report: dict[str, Any] = {
             "files": files,
             "bytes": sum(files.values()),
@@ -970,24 +946,13 @@ class LazyOperations(ChaosOperations):
             report["failures"] = failures
         return report, targets
 
-    def make_all_durable(self) -> None:
-        """A clean stop (the mount is gone): empty the trash, then write every file
-        back, as an unmount would.
-
-        In that order: the deletions parked in the trash are final now, and on a
-        nearly full disk the space they free is what the write-back may need.
-        """
+    def settle_all(self) -> None:
+        """Every pending directory operation is durable now: removals happen for good."""
         self._retire(self.journal.pending())
         self.journal = MetaJournal()
-        # The trash's files are unlinked, but a descriptor of ours still holds each
-        # one the kernel knew or an app had open; no request comes any more, so all
-        # can be closed (write-back has descriptors of its own).
-        for fh in [*self.files, *self.dirs]:
-            with contextlib.suppress(OSError):
-                os.close(fh)
-        self.files.clear()
-        self.dirs.clear()
-        self.table.close_all()
+
+    def write_back_all(self) -> None:
+        """Write every dirty file back (the mount is gone: nothing reads it any more)."""
         for key in list(self.writers):
             fd = self.writers[key]
             with contextlib.suppress(OSError):
@@ -1002,6 +967,77 @@ class LazyOperations(ChaosOperations):
                 self.log.error("write_back_failed", path=self._path(key), error=str(exc))
         with contextlib.suppress(OSError):
             os.rmdir(TRASH, dir_fd=self.table.root.fd)  # leave the app's directory as it was
+
+
+class LazyOperations(ChaosOperations):
+    """The FUSE operations over a ``LazyBacking``, with lazy mode's actions for the
+    control plane (what is unsynced, lose it, tear it) and its clean stop."""
+
+    def __init__(
+        self,
+        table: InodeTable,
+        faults: FaultEngine,
+        cache_timeout: float,
+        max_bytes: int,
+        log: structlog.stdlib.BoundLogger | None = None,
+        *,
+        expire: float = DEFAULT_EXPIRE,
+        interval: float = DEFAULT_INTERVAL,
+        max_dir_ops: int = MAX_DIR_OPS,
+    ) -> None:
+        self.log = log or structlog.get_logger("chaosfs")
+        self.store = LazyBacking(
+            table, max_bytes, self.log, expire=expire, interval=interval, max_dir_ops=max_dir_ops
+        )
+        super().__init__(table, faults, cache_timeout, self.store)
+        self.store.files = self.files
+
+    def make_all_durable(self) -> None:
+        """A clean stop (the mount is gone): empty the trash, then write every file
+        back, as an unmount would.
+
+        In that order: the deletions parked in the trash are final now, and on a
+        nearly full disk the space they free is what the write-back may need.
+        """
+        self.store.settle_all()
+        # The trash's files are unlinked, but a descriptor of ours still holds each
+        # one the kernel knew or an app had open; no request comes any more, so all
+        # can be closed (write-back has descriptors of its own).
+        for fh in [*self.files, *self.dirs]:
+            with contextlib.suppress(OSError):
+                os.close(fh)
+        self.files.clear()
+        self.dirs.clear()
+        self.table.close_all()
+        self.store.write_back_all()
+
+    # --- for the control plane (trio thread only) -------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return self.store.status()
+
+    def unsynced(self, regex: re.Pattern[str], model: Model = "journal") -> dict[str, Any]:
+        return self.store.unsynced(regex, model)
+
+    def lose(
+        self, regex: re.Pattern[str], metadata: bool, model: Model = "journal"
+    ) -> tuple[dict[str, Any], list[Invalidation]]:
+        return self.store.lose(regex, metadata, model)
+
+    def tear(
+        self,
+        regex: re.Pattern[str],
+        seed: int | str | None,
+        keep: int | None,
+        whole_writes: bool,
+        align: int,
+        persist: tuple[int, ...] | None = None,
+        force: bool = True,
+    ) -> tuple[dict[str, Any], list[Invalidation]]:
+        return self.store.tear(regex, seed, keep, whole_writes, align, persist, force)
+
+    async def write_back_expired(self, now: float) -> None:
+        await self.store.write_back_expired(now)
 
 
 def _key(st: os.stat_result) -> Key:

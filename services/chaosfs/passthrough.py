@@ -3,9 +3,11 @@
 Every handler works from O_PATH handles (see ``inodes``), runs its system calls
 directly on the trio thread (a thread hop costs more than the calls), except the
 syncs, which wait for the disk and go to a worker thread, and turns
-any ``OSError`` into the same errno for the caller. Faults are decided by the
-engine before the real operation runs; a latency fault sleeps in trio, so other
-requests keep flowing while one is held.
+any ``OSError`` into the same errno for the caller (see ``errnos``). What reads,
+writes, truncates, syncs and directory changes do to the backing tree is the
+backing store's (see ``backing``): the files themselves, or lazy mode's page
+cache. Faults are decided by the engine before the real operation runs; a
+latency fault sleeps in trio, so other requests keep flowing while one is held.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import trio
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, RequestContext, SetattrFields
 
 from . import inodes, sysio
+from .backing import Backing, DirectBacking
+from .errnos import fuse_error, fuse_errors
 from .faults import Decision, FaultEngine
 from .inodes import Inode, InodeTable
 
@@ -123,9 +127,21 @@ class ChaosOperations(pyfuse3.Operations):
     enable_writeback_cache = False  # writes must reach us to be faulted
     enable_acl = False
 
-    def __init__(self, table: InodeTable, faults: FaultEngine, cache_timeout: float) -> None:
+    def __init__(
+        self,
+        table: InodeTable,
+        faults: FaultEngine,
+        cache_timeout: float,
+        backing: Backing | None = None,
+    ) -> None:
         super().__init__()
         self.table = table
+        # What reads, writes and directory changes do to the backing tree (see backing).
+        self.backing: Backing = backing if backing is not None else DirectBacking(table)
+        # Read once: the hot handlers test these instead of calling the store.
+        self._open_flags = ~(_OPEN_STRIP | self.backing.open_strip)
+        self._reshapes = self.backing.reshapes
+        self._hidden = self.backing.hidden
         self.faults = faults
         self.timeout = cache_timeout
         self.files: dict[int, FileHandle] = {}
@@ -139,6 +155,10 @@ class ChaosOperations(pyfuse3.Operations):
         # Files whose last name an unlink through the mount removed, while the kernel
         # may still hold their node (see _space_coming).
         self.unlinked: list[Inode] = []
+
+    def init(self) -> None:
+        # Called by pyfuse3 inside the trio run, before the first request.
+        self.backing.start()
 
     # --- helpers --------------------------------------------------------------
 
@@ -163,6 +183,8 @@ class ChaosOperations(pyfuse3.Operations):
         entry.st_atime_ns = st.st_atime_ns
         entry.st_mtime_ns = st.st_mtime_ns
         entry.st_ctime_ns = st.st_ctime_ns
+        if self._reshapes:
+            self.backing.show(inode, st, entry)
         return entry
 
     def _made_as_caller(self, ctx: RequestContext) -> bool:
@@ -199,7 +221,7 @@ class ChaosOperations(pyfuse3.Operations):
         inode = self.table.attach(parent, name, st)
         inode.lookups += 1
         self._named(parent, name)
-        self._made(parent, name, inode)
+        self.backing.made(parent, name, inode)
         return self._entry(inode, st)
 
     async def _check_path(
@@ -261,6 +283,16 @@ class ChaosOperations(pyfuse3.Operations):
             await trio.to_thread.run_sync(inodes.wait_for_frees, FREE_WAIT)
 
     async def _with_space(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``call(*args, **kwargs)``, once more if it ran out of space and space came,
+        or the backing store could free some of its own."""
+        try:
+            return await self._with_freed_space(call, *args, **kwargs)
+        except OSError as exc:
+            if exc.errno not in _OUT_OF_SPACE or not self.backing.make_room():
+                raise
+        return call(*args, **kwargs)
+
+    async def _with_freed_space(self, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """``call(*args, **kwargs)``, once more when space is on its way if it ran out."""
         freed = inodes.frees_done()
         try:
@@ -271,63 +303,25 @@ class ChaosOperations(pyfuse3.Operations):
         await self._wait_for_space()
         return call(*args, **kwargs)
 
-    # --- the backing store: what lazy mode (see ``lazyfs``) does differently ----------
-
-    def _pread(self, handle: FileHandle, fh: int, size: int, off: int) -> bytes:
-        return os.pread(fh, size, off)
-
-    def _pwrite(self, handle: FileHandle, fh: int, buf: bytes, off: int) -> int:
-        return os.pwrite(fh, buf, off)
-
-    def _size(self, node: Inode, fd: int) -> int:
-        return os.fstat(fd).st_size
-
-    def _truncate(self, node: Inode, fh: int | None, size: int) -> None:
-        if fh is not None:
-            os.ftruncate(fh, size)
-        else:
-            os.truncate(node.proc, size)
-
-    def _before_sync(self, handle: FileHandle) -> None:
-        """What must reach the backing file before it is synced (nothing here)."""
-
-    def _before_sync_dir(self, handle: DirHandle) -> None:
-        """What must reach the backing directory before it is synced (nothing here)."""
-
-    def _list(self, handle: DirHandle) -> list[bytes]:
-        return [os.fsencode(n) for n in os.listdir(handle.fd)]
-
-    def _unlink(self, parent: Inode, name: bytes) -> None:
-        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-        os.unlink(name, dir_fd=parent.fd)
-        if st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
-            node = self.table.by_key.get((st.st_dev, st.st_ino))
-            if node is not None:
-                self.unlinked.append(node)
-                if len(self.unlinked) > UNLINKED_KEPT:
-                    # The kernel forgets most within milliseconds; the rest are held
-                    # open, and the newest matter most.
-                    by_id = self.table.by_id
-                    alive = [n for n in self.unlinked if by_id.get(n.id) is n]
-                    self.unlinked = alive[-UNLINKED_KEPT:]
-
-    def _rmdir(self, parent: Inode, name: bytes) -> None:
-        os.rmdir(name, dir_fd=parent.fd)
-
-    def _rename(
-        self, old_parent: Inode, old: bytes, new_parent: Inode, new: bytes, flags: int
-    ) -> None:
-        if flags:
-            sysio.renameat2(old_parent.fd, old, new_parent.fd, new, flags)
-        else:
-            os.rename(old, new, src_dir_fd=old_parent.fd, dst_dir_fd=new_parent.fd)
-
-    def _made(self, parent: Inode, name: bytes, node: Inode) -> None:
-        """A new name ``parent/name`` for ``node`` exists (create, mknod, mkdir, symlink, link)."""
+    def _note_unlinked(self, node: Inode) -> None:
+        """An unlink through the mount removed the last name of ``node``."""
+        self.unlinked.append(node)
+        if len(self.unlinked) > UNLINKED_KEPT:
+            # The kernel forgets most within milliseconds; the rest are held
+            # open, and the newest matter most.
+            by_id = self.table.by_id
+            alive = [n for n in self.unlinked if by_id.get(n.id) is n]
+            self.unlinked = alive[-UNLINKED_KEPT:]
 
     # --- names ----------------------------------------------------------------
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
+        hidden = self._hidden
+        if hidden is not None and name == hidden[1] and parent_inode == hidden[0]:
+            entry = EntryAttributes()
+            entry.st_ino = 0
+            entry.entry_timeout = self.timeout
+            return entry
         parent = self._inode(parent_inode)
         await self._check_path("lookup", parent, name, ctx)
         try:
@@ -336,7 +330,7 @@ class ChaosOperations(pyfuse3.Operations):
         except FileNotFoundError:
             return self._negative(parent, name)
         except OSError as exc:
-            raise FUSEError(exc.errno) from None
+            raise fuse_error(exc) from None
         inode.lookups += 1
         if inode.shown_kind or self.faults.rules.attr_rules:
             # A lookup is where the kernel learns (or unlearns) a pretended file type.
@@ -386,6 +380,15 @@ class ChaosOperations(pyfuse3.Operations):
             self.negatives.pop((parent.id, name), None)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        if not self.backing.watches_forgets:
+            self._forget(inode_list)
+            return
+        by_id = self.table.by_id
+        keys = [by_id[n].key for n, _ in inode_list if n in by_id]
+        self._forget(inode_list)
+        self.backing.forgotten(keys)
+
+    def _forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for node_id, count in inode_list:
             with contextlib.suppress(OSError):
                 self.table.forget(node_id, count)
@@ -396,7 +399,7 @@ class ChaosOperations(pyfuse3.Operations):
         try:
             entry = self._entry(node, os.stat(node.fd))
         except OSError as exc:
-            raise FUSEError(exc.errno) from None
+            raise fuse_error(exc) from None  # the hot path: a try costs nothing
         if decision is not None and decision.attrs:
             # A getattr reply's inode number is only shown, never used as a node id.
             _override(entry, decision.attrs, node_id=True)
@@ -411,11 +414,13 @@ class ChaosOperations(pyfuse3.Operations):
         ctx: RequestContext,
     ) -> EntryAttributes:
         node = self._inode(inode)
-        growth = None
+        quota = None
+        # Each change a setattr stands for is checked as its own operation (Chaos
+        # Mesh v0.9 names them truncate, chmod, chown and utimens), in this order.
         if fields.update_size:
             decision = await self._check("truncate", node, ctx)
             if decision is not None and decision.quota is not None:
-                growth = decision
+                quota = decision  # a virtual quota: the growth is charged in _set
         if fields.update_mode:
             await self._check("chmod", node, ctx)
         if fields.update_uid or fields.update_gid:
@@ -423,37 +428,59 @@ class ChaosOperations(pyfuse3.Operations):
         if fields.update_atime or fields.update_mtime:
             await self._check("utimens", node, ctx)
         try:
-            if growth is not None:
-                _charge_truncate(growth, self._size(node, node.fd), attr.st_size)
-            if fields.update_size:
-                self._truncate(node, fh, attr.st_size)
-            if fields.update_uid or fields.update_gid:
-                uid = attr.st_uid if fields.update_uid else -1
-                gid = attr.st_gid if fields.update_gid else -1
-                if node.is_symlink:
-                    # By the link's own descriptor: its last known name may belong to
-                    # another file by now (a rename over it, or an unlink and re-create).
-                    sysio.lchown_fd(node.fd, uid, gid)
-                else:
-                    os.chown(node.proc, uid, gid)
-            if fields.update_mode and not node.is_symlink:
-                # After chown, which may clear setuid/setgid bits the caller asked for.
-                os.chmod(node.proc, stat.S_IMODE(attr.st_mode))
-            if fields.update_atime or fields.update_mtime:
-                atime = attr.st_atime_ns if fields.update_atime else None
-                mtime = attr.st_mtime_ns if fields.update_mtime else None
-                if node.is_symlink:
-                    self._lutimens(node, atime, mtime)
-                else:
-                    sysio.utimensat(AT_FDCWD, node.proc.encode(), atime, mtime, follow=True)
-            return self._entry(node, os.stat(node.fd))
+            return self._set(node, attr, fields, fh, quota)
         except OSError as exc:
-            raise FUSEError(exc.errno) from None
+            raise fuse_error(exc) from None  # every truncate and utime: a try costs nothing
+
+    def _set(
+        self,
+        node: Inode,
+        attr: EntryAttributes,
+        fields: SetattrFields,
+        fh: int | None,
+        quota: Decision | None,
+    ) -> EntryAttributes:
+        """Make a setattr's changes and answer with the attributes they leave."""
+        if fields.update_size:
+            if quota is not None:
+                _charge_truncate(quota, self.backing.size(node, node.fd), attr.st_size)
+            self.backing.truncate(node, fh, attr.st_size)
+        # In this order: chown may clear setuid/setgid bits that chmod then sets.
+        if fields.update_uid or fields.update_gid:
+            self._set_owner(node, attr, fields)
+        if fields.update_mode and not node.is_symlink:
+            os.chmod(node.proc, stat.S_IMODE(attr.st_mode))
+        if fields.update_atime or fields.update_mtime:
+            self._set_times(node, attr, fields)
+        st = os.stat(node.fd)
+        if fields.update_mtime:
+            # A time the program set (tar, cp -p, rsync -t, touch -d) is kept.
+            self.backing.mtime_set(node, st.st_mtime_ns)
+        return self._entry(node, st)
+
+    @staticmethod
+    def _set_owner(node: Inode, attr: EntryAttributes, fields: SetattrFields) -> None:
+        uid = attr.st_uid if fields.update_uid else -1
+        gid = attr.st_gid if fields.update_gid else -1
+        if node.is_symlink:
+            # By the link's own descriptor: its last known name may belong to
+            # another file by now (a rename over it, or an unlink and re-create).
+            sysio.lchown_fd(node.fd, uid, gid)
+        else:
+            os.chown(node.proc, uid, gid)
+
+    def _set_times(self, node: Inode, attr: EntryAttributes, fields: SetattrFields) -> None:
+        atime = attr.st_atime_ns if fields.update_atime else None
+        mtime = attr.st_mtime_ns if fields.update_mtime else None
+        if node.is_symlink:
+            self._lutimens(node, atime, mtime)
+        else:
+            sysio.utimensat(AT_FDCWD, node.proc.encode(), atime, mtime, follow=True)
 
     @staticmethod
     def _lutimens(node: Inode, atime: int | None, mtime: int | None) -> None:
         try:
-            # By the link's own descriptor, as for chown above.
+            # By the link's own descriptor, as for chown (_set_owner).
             sysio.utimensat(node.fd, b"", atime, mtime, follow=False)
         except OSError as exc:
             if exc.errno != errno.EINVAL or node.parent is None:
@@ -464,59 +491,49 @@ class ChaosOperations(pyfuse3.Operations):
     async def readlink(self, inode: int, ctx: RequestContext) -> bytes:
         node = self._inode(inode)
         await self._check("readlink", node, ctx)
-        try:
+        with fuse_errors:
             return os.readlink(b"", dir_fd=node.fd)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
 
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: RequestContext
     ) -> EntryAttributes:
         parent = self._inode(parent_inode)
         await self._check_path("mknod", parent, name, ctx)
-        try:
+        with fuse_errors:
             await self._with_space(os.mknod, name, mode, rdev, dir_fd=parent.fd)
             return self._new_entry(parent, name, ctx, mode)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
 
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: RequestContext
     ) -> EntryAttributes:
         parent = self._inode(parent_inode)
         await self._check_path("mkdir", parent, name, ctx)
-        try:
+        with fuse_errors:
             await self._with_space(os.mkdir, name, mode, dir_fd=parent.fd)
             return self._new_entry(parent, name, ctx)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
 
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: RequestContext
     ) -> EntryAttributes:
         parent = self._inode(parent_inode)
         await self._check_path("symlink", parent, name, ctx)
-        try:
+        with fuse_errors:
             await self._with_space(os.symlink, target, name, dir_fd=parent.fd)
             return self._new_entry(parent, name, ctx)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         parent = self._inode(parent_inode)
         await self._check_path("unlink", parent, name, ctx)
-        try:
-            self._unlink(parent, name)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
+        with fuse_errors:
+            gone = self.backing.unlink(parent, name)
+        if gone is not None:
+            self._note_unlinked(gone)
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         parent = self._inode(parent_inode)
         await self._check_path("rmdir", parent, name, ctx)
-        try:
-            self._rmdir(parent, name)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
+        with fuse_errors:
+            self.backing.rmdir(parent, name)
 
     async def rename(
         self,
@@ -530,10 +547,8 @@ class ChaosOperations(pyfuse3.Operations):
         old_parent = self._inode(parent_inode_old)
         new_parent = self._inode(parent_inode_new)
         await self._check_path("rename", old_parent, name_old, ctx)
-        try:
-            self._rename(old_parent, name_old, new_parent, name_new, flags)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
+        with fuse_errors:
+            self.backing.rename(old_parent, name_old, new_parent, name_new, flags)
         self._named(new_parent, name_new)
         self._track_move(new_parent, name_new)
         if flags & pyfuse3.RENAME_EXCHANGE:
@@ -555,15 +570,13 @@ class ChaosOperations(pyfuse3.Operations):
         node = self._inode(inode)
         parent = self._inode(new_parent_inode)
         await self._check_path("link", parent, new_name, ctx)
-        try:
+        with fuse_errors:
             await self._with_space(
                 os.link, node.proc, new_name, dst_dir_fd=parent.fd, follow_symlinks=True
             )
             st = os.stat(node.fd)
             self._named(parent, new_name)
-            self._made(parent, new_name, node)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
+            self.backing.made(parent, new_name, node)
         node.lookups += 1
         return self._entry(node, st)
 
@@ -606,17 +619,23 @@ class ChaosOperations(pyfuse3.Operations):
         node = self._inode(inode)
         await self._check("open", node, ctx)
         try:
-            fd = os.open(node.proc, flags & ~_OPEN_STRIP)
+            fd = os.open(node.proc, flags & self._open_flags)
         except OSError as exc:
-            raise FUSEError(exc.errno) from None
-        return self._file_info(fd, node, ctx, flags)
+            raise fuse_error(exc) from None  # the hot path: a try costs nothing
+        info = self._file_info(fd, node, ctx, flags)
+        try:
+            self.backing.opened(node, fd, flags)
+        except OSError as exc:
+            await self.release(fd)
+            raise fuse_error(exc) from None
+        return info
 
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: RequestContext
     ) -> tuple[FileInfo, EntryAttributes]:
         parent = self._inode(parent_inode)
         await self._check_path("create", parent, name, ctx)
-        try:
+        with fuse_errors:
             fd = await self._with_space(
                 os.open,
                 name,
@@ -624,8 +643,6 @@ class ChaosOperations(pyfuse3.Operations):
                 mode,
                 dir_fd=parent.fd,
             )
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
         try:
             if not self._made_as_caller(ctx):
                 uid, gid = self._owner(parent, ctx)
@@ -635,29 +652,29 @@ class ChaosOperations(pyfuse3.Operations):
             st = os.fstat(fd)
             node = self.table.attach(parent, name, st)
             self._named(parent, name)
-            self._made(parent, name, node)
+            self.backing.made(parent, name, node)
         except OSError as exc:
             os.close(fd)
-            raise FUSEError(exc.errno) from None
+            raise fuse_error(exc) from None
         node.lookups += 1
-        return self._file_info(fd, node, ctx, flags), self._entry(node, st)
+        info = self._file_info(fd, node, ctx, flags)
+        self.backing.created(fd, flags)
+        return info, self._entry(node, st)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self.files[fh]
         decision = self.faults.for_inode("read", handle.inode, handle.pid, handle.uid)
         if decision is None:
             try:
-                return self._pread(handle, fh, size, off)
+                return self.backing.pread(handle, fh, size, off)
             except OSError as exc:
-                raise FUSEError(exc.errno) from None
+                raise fuse_error(exc) from None
         await _inflict(decision)
         if decision.short is not None and handle.direct:
             # Through the page cache a short read would read as end of file.
             size = decision.shorten(size)
-        try:
-            data = self._pread(handle, fh, size, off)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
+        with fuse_errors:
+            data = self.backing.pread(handle, fh, size, off)
         return decision.corrupt(data) if decision.mistake is not None else data
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -669,7 +686,7 @@ class ChaosOperations(pyfuse3.Operations):
         try:
             written = await self._write_data(handle, fh, buf, off)
         except OSError as exc:
-            raise FUSEError(exc.errno) from None
+            raise fuse_error(exc) from None
         self._after_write(fh)
         return written
 
@@ -677,7 +694,7 @@ class ChaosOperations(pyfuse3.Operations):
         """_pwrite; out of space while space is on its way, wait for it and write the rest."""
         freed = inodes.frees_done()
         try:
-            written = self._pwrite(handle, fh, buf, off)
+            written = self.backing.pwrite(handle, fh, buf, off)
         except OSError as exc:
             if exc.errno not in _OUT_OF_SPACE or not self._space_coming(freed):
                 raise
@@ -687,7 +704,7 @@ class ChaosOperations(pyfuse3.Operations):
                 return written
         await self._wait_for_space()
         try:
-            return written + self._pwrite(handle, fh, buf[written:], off + written)
+            return written + self.backing.pwrite(handle, fh, buf[written:], off + written)
         except OSError:
             if written:
                 return written  # a short write, as the file system gave it
@@ -696,8 +713,8 @@ class ChaosOperations(pyfuse3.Operations):
     async def _faulted_write(
         self, handle: FileHandle, fh: int, off: int, buf: bytes, decision: Decision
     ) -> int:
-        try:
-            size_before = self._size(handle.inode, fh) if decision.quota is not None else 0
+        with fuse_errors:
+            size_before = self.backing.size(handle.inode, fh) if decision.quota is not None else 0
             refused = False
             if decision.quota is not None:
                 # A virtual quota: the paths may grow by so many bytes, no more.
@@ -718,8 +735,6 @@ class ChaosOperations(pyfuse3.Operations):
             written = await self._write_data(handle, fh, buf, off)
             if decision.quota is not None:
                 decision.charge(max(0, off + written - size_before), refused=refused)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
         self._after_write(fh)
         return written
 
@@ -739,21 +754,20 @@ class ChaosOperations(pyfuse3.Operations):
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 return  # no descriptor to ask with: the app's close must not fail for it
-            raise FUSEError(exc.errno) from None
+            raise fuse_error(exc) from None
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self.files[fh]
         await self._check("fsync", handle.inode, handle)
-        try:
-            self._before_sync(handle)
+        with fuse_errors:
+            self.backing.before_sync(handle)
             # A disk takes milliseconds to seconds to sync: on the trio thread that
             # would hold every other request on the mount just as long. (The kernel
             # keeps the file open until this request is answered, so fh stays valid.)
             await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
 
     async def release(self, fh: int) -> None:
+        self.backing.closed(fh)
         handle = self.files.pop(fh)
         self.kill_privs.discard(fh)
         try:
@@ -768,10 +782,8 @@ class ChaosOperations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: RequestContext) -> int:
         node = self._inode(inode)
         await self._check("opendir", node, ctx)
-        try:
+        with fuse_errors:
             fd = os.open(node.proc, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
         self.dirs[fd] = DirHandle(fd, node)
         return fd
 
@@ -779,11 +791,9 @@ class ChaosOperations(pyfuse3.Operations):
         handle = self.dirs[fh]
         parent = handle.inode
         await self._check("readdir", parent)
-        try:
+        with fuse_errors:
             if start_id == 0 or handle.names is None:
-                handle.names = self._list(handle)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
+                handle.names = self.backing.listdir(handle)
         names = handle.names
         sent = False
         for index in range(start_id, len(names)):
@@ -799,7 +809,7 @@ class ChaosOperations(pyfuse3.Operations):
                 # End this batch; the kernel asks again from here and gets the error.
                 if sent:
                     return
-                raise FUSEError(exc.errno) from None
+                raise fuse_error(exc) from None
             if not pyfuse3.readdir_reply(token, name, self._entry(node, st), index + 1):
                 self.table.drop_if_unused(node)
                 return
@@ -816,11 +826,9 @@ class ChaosOperations(pyfuse3.Operations):
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         handle = self.dirs[fh]
         await self._check("fsyncdir", handle.inode)
-        try:
-            self._before_sync_dir(handle)
+        with fuse_errors:
+            self.backing.before_sync_dir(handle)
             await trio.to_thread.run_sync(os.fsync, handle.fd)  # off the FUSE thread, as fsync
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
 
     # --- file system ----------------------------------------------------------
 
@@ -828,10 +836,8 @@ class ChaosOperations(pyfuse3.Operations):
         await self._check("statfs", self.table.root, ctx)
         if self._space_coming():
             await self._wait_for_space()  # natively, a deleted file's space is free at once
-        try:
+        with fuse_errors:
             sv = os.statvfs(self.table.root.fd)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
         data = pyfuse3.StatvfsData()
         for name in (
             "f_bsize",
@@ -851,16 +857,20 @@ class ChaosOperations(pyfuse3.Operations):
             blocks = quota_free // max(1, sv.f_frsize)
             data.f_bfree = min(sv.f_bfree, blocks)
             data.f_bavail = min(sv.f_bavail, blocks)
+        reserved = self.backing.reserved()
+        if reserved:
+            # Blocks the store promised (lazy mode's unsynced data) are not free.
+            used = -(-reserved // max(1, data.f_frsize))
+            data.f_bfree = max(0, data.f_bfree - used)
+            data.f_bavail = max(0, data.f_bavail - used)
         return data
 
     async def access(self, inode: int, mode: int, ctx: RequestContext) -> bool:
         # With default_permissions the kernel checks access itself and rarely asks.
         node = self._inode(inode)
         await self._check("access", node, ctx)
-        try:
+        with fuse_errors:
             st = os.stat(node.fd)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
         if ctx.uid == 0:
             return not (mode & os.X_OK) or bool(st.st_mode & 0o111) or node.is_dir
         if st.st_uid == ctx.uid:
@@ -891,37 +901,29 @@ class ChaosOperations(pyfuse3.Operations):
         node = self._inode(inode)
         await self._check("getxattr", node, ctx)
         path, follow = self._xattr_path(node)
-        try:
+        with fuse_errors:
             return os.getxattr(path, name, follow_symlinks=follow)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: RequestContext) -> None:
         node = self._inode(inode)
         await self._check("setxattr", node, ctx)
         path, follow = self._xattr_path(node)
-        try:
+        with fuse_errors:
             os.setxattr(path, name, value, follow_symlinks=follow)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
 
     async def listxattr(self, inode: int, ctx: RequestContext) -> list[bytes]:
         node = self._inode(inode)
         await self._check("listxattr", node, ctx)
         path, follow = self._xattr_path(node)
-        try:
+        with fuse_errors:
             return [os.fsencode(n) for n in os.listxattr(path, follow_symlinks=follow)]
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
 
     async def removexattr(self, inode: int, name: bytes, ctx: RequestContext) -> None:
         node = self._inode(inode)
         await self._check("removexattr", node, ctx)
         path, follow = self._xattr_path(node)
-        try:
+        with fuse_errors:
             os.removexattr(path, name, follow_symlinks=follow)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
 
     # --- for the control plane ----------------------------------------------------
 

@@ -28,10 +28,12 @@ from pyfuse3 import FUSEError
 
 from chaosbus.protocol import parse_lazy
 from chaosbus.rules import FaultRule
+from chaosfs.backing import Backing, DirectBacking
+from chaosfs.errnos import fuse_error, fuse_errors
 from chaosfs.faults import FaultEngine
 from chaosfs.inodes import InodeTable
 from chaosfs.lazyfs import TRASH, LazyOperations
-from chaosfs.passthrough import ChaosOperations
+from chaosfs.passthrough import ChaosOperations, FileHandle
 
 ROOT = pyfuse3.ROOT_INODE
 
@@ -605,3 +607,94 @@ def test_lazy_status_counts_what_is_held(lazy: Fs) -> None:
     assert status["enabled"] is True and status["max_bytes"] == 1 << 20
     assert status["unsynced_files"] == 1 and status["unsynced_bytes"] == 1000
     assert status["pending_dir_ops"] == 1  # the create
+
+
+# --- the seams: errno translation, the backing store, setattr's steps ------------------------
+
+
+class _FailingBacking(DirectBacking):
+    """The files themselves, except that reads fail without an errno and syncs fail
+    with EROFS: what a backing store's own errors become for the caller."""
+
+    def pread(self, handle: FileHandle, fh: int, size: int, off: int) -> bytes:
+        raise OSError("failed, and said nothing more")
+
+    def before_sync(self, handle: FileHandle) -> None:
+        raise OSError(errno.EROFS, "read-only file system")
+
+
+def test_a_backing_stores_errors_reach_the_caller_as_their_errno_or_eio(tmp_path: Path) -> None:
+    fs = Fs(tmp_path, lazy=False)
+    fs.ops = ChaosOperations(fs.table, fs.engine, 1.0, _FailingBacking(fs.table))
+    (tmp_path / "f").write_bytes(b"data")
+
+    async def body() -> None:
+        fh = await fs.open("f")
+        with raises_errno(errno.EIO):
+            await fs.ops.read(fh, 0, 4)  # an OSError with no errno: EIO, never a crash
+        with raises_errno(errno.EROFS):
+            await fs.ops.fsync(fh, False)
+        await fs.ops.release(fh)
+
+    try:
+        run(body)
+    finally:
+        fs.close()
+
+
+def test_errno_translation_keeps_the_errno_and_lets_other_errors_through() -> None:
+    with raises_errno(errno.ENOENT), fuse_errors:
+        raise FileNotFoundError(errno.ENOENT, "missing")
+    with raises_errno(errno.EIO), fuse_errors:
+        raise OSError("no errno")
+    with pytest.raises(KeyError), fuse_errors:
+        raise KeyError("not a system call's failure")
+    assert fuse_error(OSError(errno.ENOSPC, "full")).errno == errno.ENOSPC
+
+
+def test_both_backing_stores_answer_the_whole_protocol(lazy: Fs) -> None:
+    assert isinstance(lazy.ops, LazyOperations)
+    wanted = {
+        name
+        for name, value in vars(Backing).items()
+        if callable(value) and not name.startswith("_")
+    }
+    assert wanted >= {"pread", "pwrite", "truncate", "unlink", "rename", "made"}
+    for store in (DirectBacking(lazy.table), lazy.ops.backing, lazy.ops.store):
+        assert all(callable(getattr(store, name, None)) for name in wanted), store
+    assert lazy.ops.backing is lazy.ops.store
+
+
+def test_setattr_sets_times_and_owner_and_faults_each_change_by_its_own_method(fs: Fs) -> None:
+    (fs.backing / "f").write_bytes(b"x")
+    os.symlink("f", fs.backing / "link")
+    st = os.lstat(fs.backing / "f")
+
+    async def body() -> None:
+        node = await fs.lookup("f")
+        attr = pyfuse3.EntryAttributes()
+        attr.st_atime_ns = 1_000_000_000
+        attr.st_mtime_ns = 2_000_000_000
+        attr.st_uid, attr.st_gid = st.st_uid, st.st_gid
+        attr.st_mode = stat.S_IFREG | 0o640
+        times = Fields(update_atime=True, update_mtime=True)
+        entry = await fs.ops.setattr(node, attr, times, None, fs.ctx)  # type: ignore[arg-type]
+        assert entry.st_mtime_ns == 2_000_000_000
+        owner = Fields(update_uid=True, update_gid=True)
+        entry = await fs.ops.setattr(node, attr, owner, None, fs.ctx)  # type: ignore[arg-type]
+        assert (entry.st_uid, entry.st_gid) == (st.st_uid, st.st_gid)
+        # A symlink's own times, by its own descriptor: the target keeps its times.
+        link = await fs.lookup("link")
+        attr.st_mtime_ns = 3_000_000_000
+        await fs.ops.setattr(link, attr, Fields(update_mtime=True), None, fs.ctx)  # type: ignore[arg-type]
+        fs.rule(action="errno", errno="EACCES", methods=["chmod"], path="f")
+        with raises_errno(errno.EACCES):
+            await fs.ops.setattr(node, attr, Fields(update_mode=True), None, fs.ctx)  # type: ignore[arg-type]
+        attr.st_mtime_ns = 4_000_000_000
+        entry = await fs.ops.setattr(node, attr, Fields(update_mtime=True), None, fs.ctx)  # type: ignore[arg-type]
+        assert entry.st_mtime_ns == 4_000_000_000  # a chmod rule leaves utimens alone
+
+    run(body)
+    assert os.lstat(fs.backing / "link").st_mtime_ns == 3_000_000_000
+    assert os.stat(fs.backing / "f").st_mtime_ns == 4_000_000_000
+    assert stat.S_IMODE(os.stat(fs.backing / "f").st_mode) == 0o644  # the chmod failed
