@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 HEALTHY_AFTER = 60.0  # seconds of running that reset the backoff
+CANCEL_AGAIN_AFTER = 0.5  # seconds a stopping job has to end before it is cancelled again
 
 
 async def supervised(
@@ -52,6 +53,17 @@ class JobEnded(Exception):
         self.error = error
 
 
+async def cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks until every one has ended, not once: on Python 3.11 a
+    cancellation that lands as an awaited future completes is lost inside
+    asyncio.wait_for (which nats-py's requests use), and the task would run on,
+    holding its service up at SIGTERM for ever. Each hears it again until it ends."""
+    while pending := [t for t in tasks if not t.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=CANCEL_AGAIN_AFTER)
+
+
 def stop_on_signals() -> asyncio.Event:
     """An event set by SIGTERM or SIGINT: how every chaosbus service is asked to stop."""
     stop = asyncio.Event()
@@ -78,8 +90,11 @@ async def run_until_stopped(
     running on without that part.
     """
 
+    tasks: list[asyncio.Task[None]] = []
+
     async def until_stop() -> None:
         await stop.wait()
+        await cancel_until_done(tasks)
         raise _Stopping
 
     async def fatal(name: str, job: Callable[[], Awaitable[None]]) -> None:
@@ -97,7 +112,7 @@ async def run_until_stopped(
         async with asyncio.TaskGroup() as tg:
             for name, job in jobs.items():
                 task = supervised(name, job, log) if restart else fatal(name, job)
-                tg.create_task(task, name=name)
+                tasks.append(tg.create_task(task, name=name))
             tg.create_task(until_stop(), name="stop")
     except* _Stopping:
         pass

@@ -41,7 +41,7 @@ from chaosbus.globs import PathPattern
 from chaosbus.kv import open_bucket
 from chaosbus.rules import FaultRule
 from chaosbus.subjects import FLEET_COMMAND, pod_command, pod_event
-from chaosbus.supervise import supervised
+from chaosbus.supervise import cancel_until_done, supervised
 
 from . import commands, processes, provenance
 from .commands import Invalidation, LazyActions, MountClosing
@@ -263,8 +263,7 @@ class BusControl:
             try:
                 await self._on_bus(chore)
             finally:
-                for task in chores:
-                    task.cancel()  # the group awaits them: none is left pending
+                await cancel_until_done(chores)  # none is left pending
 
     async def _on_bus(self, chore: Callable[[str, Job], asyncio.Task[None]]) -> None:
         """Connect, listen and announce; at the stop, say goodbye and close."""

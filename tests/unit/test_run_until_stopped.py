@@ -89,3 +89,29 @@ def test_without_restart_the_first_job_to_end_stops_the_others_and_is_named(endi
     assert ("lease lost" in str(info.value)) is (ending == "raises")
     assert other_cancelled.is_set()
     assert log.events[0][0] == ("task_failed" if ending == "raises" else "task_ended")
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_a_job_that_loses_its_first_cancellation_still_stops(restart):
+    """On Python 3.11, asyncio.wait_for can lose a cancellation that lands as the
+    awaited future completes; the job then runs on. Stopping must not hang on it."""
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed == 1:
+                    continue  # as a lost cancellation: the loop goes on
+                raise
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, stop.set)
+        await run_until_stopped({"stubborn": stubborn}, stop, Log(), restart=restart)
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+    assert swallowed == 2
