@@ -120,11 +120,14 @@ class DesiredState:
                     return  # a reconnect: read everything again
                 if not pending:
                     continue
-                if read:
-                    # Desired state was applied already: let a burst of changes settle
-                    # and apply it once (a fleet recover deletes many keys; a broadcast's
-                    # record lands just before its command, which then sets the rule
-                    # first and leaves the record nothing to change).
+                if read and any(which == "fleet" for which, _ in pending):
+                    # Desired state was applied already: let a burst of fleet changes
+                    # settle and apply it once (a fleet recover deletes many keys; a
+                    # broadcast's record lands just before its command, which then sets
+                    # the rule first and leaves the record nothing to change). Not for
+                    # this pod's own keys: chaosctl records them right after its command,
+                    # and a record held back would be applied after the pod's next
+                    # command (a recover), bringing back the rule it just took away.
                     await asyncio.sleep(CONVERGE_SETTLE)
                     if restarted.done():
                         return
