@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import shutil
 import signal
@@ -200,6 +201,14 @@ async def raw_request(url: str, subject: str, data: bytes, timeout: float) -> di
         return codec.decode(msg.data, limit=1 << 24)
     finally:
         await nc.close()
+
+
+def set_rule(sc: Sidecar, *args: str) -> dict[str, Any]:
+    """``chaosctl fault set`` on the sidecar's pod; its JSON reply (the command must work)."""
+    done = sc.ctl("--json", "fault", "set", "--pod", sc.pod, *args)
+    assert done.returncode == 0, done.stderr
+    reply: dict[str, Any] = json.loads(done.stdout)
+    return reply
 
 
 def chaosctl(url: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:

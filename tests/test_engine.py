@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import os
 import subprocess
 import threading
@@ -16,13 +15,12 @@ from signals import log_offset, logged_at, wait_logged
 
 from chaosbus import codec
 from chaosbus.subjects import event_filter
+from conftest import set_rule as fault_set
 from conftest import wait_for
 
 
 def set_rule(sc, *args: str) -> dict:
-    done = sc.ctl("--json", "fault", "set", "--pod", sc.pod, *args)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)["rules"][0]
+    return fault_set(sc, *args)["rules"][0]
 
 
 def rules(sc) -> list[dict]:

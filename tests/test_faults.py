@@ -11,11 +11,7 @@ import time
 import pytest
 from signals import wait_fired
 
-
-def set_rule(sc, *args: str) -> dict:
-    done = sc.ctl("--json", "fault", "set", "--pod", sc.pod, *args)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+from conftest import set_rule
 
 
 def status(sc) -> dict:

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import threading
 import time
 
 import pytest
 
-
-def set_rule(sc, *args: str) -> dict:
-    done = sc.ctl("--json", "fault", "set", "--pod", sc.pod, *args)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+from conftest import set_rule
 
 
 def test_a_lookup_rule_reaches_a_name_the_kernel_remembers_as_missing(sidecar):
