@@ -53,7 +53,7 @@ from pyfuse3 import EntryAttributes
 
 from chaosbus.protocol import CommandError
 
-from . import sysio
+from . import processes, sysio
 from .backing import DirectBacking
 from .faults import FaultEngine
 from .inodes import ROOT, Inode, InodeTable
@@ -867,7 +867,7 @@ class LazyBacking:
         found: dict[tuple[int, Key], dict[str, Any]] = {}
         for fh, handle in list(self.files.items()):
             key = handle.inode.key
-            if key not in keys or (handle.pid, key) in found or not _alive(handle.pid):
+            if key not in keys or (handle.pid, key) in found or not processes.alive(handle.pid):
                 continue
             try:
                 mode = fcntl.fcntl(fh, fcntl.F_GETFL) & os.O_ACCMODE
@@ -1042,15 +1042,6 @@ class LazyOperations(ChaosOperations):
 
 def _key(st: os.stat_result) -> Key:
     return (st.st_dev, st.st_ino)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def _comm(pid: int) -> str:

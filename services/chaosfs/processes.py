@@ -64,7 +64,8 @@ def users_of(mountpoint: str) -> list[Victim]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process still runs: a zombie holds no files any more."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
             state = f.read().rpartition(")")[2].split()[0]
@@ -81,7 +82,7 @@ def kill_all(victims: list[Victim], signum: int, wait: float = 5.0) -> list[Vict
     deadline = time.monotonic() + wait
     left = victims
     while left and time.monotonic() < deadline:
-        left = [v for v in left if _alive(v.pid)]
+        left = [v for v in left if alive(v.pid)]
         if left:
             time.sleep(0.01)
     return left
