@@ -876,7 +876,7 @@ class LazyBacking:
             if mode != os.O_RDONLY:
                 found[(handle.pid, key)] = {
                     "pid": handle.pid,
-                    "comm": _comm(handle.pid),
+                    "comm": processes.comm(handle.pid),
                     "path": self._path(key),
                 }
         return list(found.values())
@@ -1042,14 +1042,6 @@ class LazyOperations(ChaosOperations):
 
 def _key(st: os.stat_result) -> Key:
     return (st.st_dev, st.st_ino)
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def _tree_files(dir_fd: int, name: bytes, limit: int = 10_000) -> dict[str, tuple[Key, int]]:

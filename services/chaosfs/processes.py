@@ -45,7 +45,8 @@ def _uses(pid: str, mountpoint: str) -> bool:
     return False
 
 
-def _comm(pid: int) -> str:
+def comm(pid: int) -> str:
+    """A process's command name, or an empty string when it is gone."""
     try:
         with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
             return f.read().strip()
@@ -60,7 +61,7 @@ def users_of(mountpoint: str) -> list[Victim]:
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != me and _uses(entry, mountpoint):
-            found.append(Victim(int(entry), _comm(int(entry))))
+            found.append(Victim(int(entry), comm(int(entry))))
     return found
 
 
